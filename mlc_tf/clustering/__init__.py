@@ -1,0 +1,1 @@
+"""Self-paced clustering: k-reciprocal Jaccard distance, DBSCAN / k-means, pseudo labels."""

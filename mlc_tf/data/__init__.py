@@ -1,0 +1,1 @@
+"""Re-ID datasets, the tf.data input pipeline and the PK sampler."""
