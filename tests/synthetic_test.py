@@ -1,0 +1,128 @@
+"""Tests of the synthetic dataset generator and its Market-layout cache."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mlc_tf.data import datasets, synthetic
+
+_TINY = dict(num_train_ids=4, num_test_ids=4, images_per_camera=2, num_cameras=3,
+             cameras_per_id=3, height=32, width=16, seed=7)
+
+
+def _files(folder: str) -> dict[str, tuple[bytes, int]]:
+    out = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(parent, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = (f.read(), os.stat(path).st_mtime_ns)
+    return out
+
+
+def test_deterministic_bytes(tmp_path):
+    first = synthetic.generate(str(tmp_path / "a"), **_TINY)
+    second = synthetic.generate(str(tmp_path / "b"), **_TINY)
+    assert os.path.basename(first) == os.path.basename(second)
+    a, b = _files(first), _files(second)
+    assert sorted(a) == sorted(b) and len(a) > 20
+    assert all(a[name][0] == b[name][0] for name in a)
+
+
+def test_cache_reused_without_rewriting(tmp_path):
+    first = datasets.create("synthetic", str(tmp_path), **_TINY)
+    before = _files(first.root)
+    second = datasets.create("synthetic", str(tmp_path), **_TINY)
+    assert second.root == first.root and second == first
+    assert _files(first.root) == before
+    assert os.listdir(tmp_path / "synthetic") == [os.path.basename(first.root)]
+
+
+def test_distinct_params_distinct_folders(tmp_path):
+    base = synthetic.generate(str(tmp_path), **_TINY)
+    reseeded = synthetic.generate(str(tmp_path), **{**_TINY, "seed": 8})
+    fewer = synthetic.generate(str(tmp_path), **{**_TINY, "images_per_camera": 1})
+    assert len({base, reseeded, fewer}) == 3
+    assert "seed7" in base and "32x16" in base and "ids4-4" in base
+    a, b = _files(base), _files(reseeded)
+    assert any(a[n][0] != b[n][0] for n in set(a) & set(b)) or set(a) != set(b)
+
+
+def test_round_trip_through_market_parser(tmp_path):
+    data_dir = tmp_path / "not" / "yet"  # created on demand
+    data = datasets.create("synthetic", str(data_dir), **_TINY)
+    assert data.name == "synthetic" and data.num_cameras == 3
+    assert data.root.startswith(str(data_dir / "synthetic"))
+    assert {s.pid for s in data.train} == {1, 2, 3, 4}
+    assert {s.pid for s in data.query} <= {5, 6, 7, 8}
+    gallery_pids = {s.pid for s in data.gallery}
+    assert 0 in gallery_pids and -1 not in gallery_pids and {5, 6, 7, 8} <= gallery_pids
+    junk = [n for n in os.listdir(os.path.join(data.root, "bounding_box_test"))
+            if n.startswith("-1_")]
+    assert junk, "junk files are written (and dropped by the reader)"
+    assert [s.path for s in data.train] == sorted(s.path for s in data.train)
+    assert all(0 <= s.camid < 3 for s in data.train + data.query + data.gallery)
+    image = tf.io.decode_jpeg(tf.io.read_file(data.train[0].path))
+    assert image.shape == (32, 16, 3)
+    assert len(datasets.create("synthetic", str(data_dir), verify_images=True, **_TINY).train) \
+        == len(data.train)
+
+
+def test_several_cameras_per_identity_and_valid_queries(tmp_path):
+    data = datasets.create("synthetic", str(tmp_path), **_TINY)
+    cams = collections.defaultdict(set)
+    for sample in data.train:
+        cams[sample.pid].add(sample.camid)
+    assert all(len(c) >= 2 for c in cams.values())
+    # Training images per identity: images_per_camera per camera that sees it.
+    counts = collections.Counter(s.pid for s in data.train)
+    assert all(counts[pid] == 2 * len(cams[pid]) for pid in cams)
+    for query in data.query:  # every query has a true match in another camera
+        assert any(g.pid == query.pid and g.camid != query.camid for g in data.gallery)
+
+
+def test_images_differ_between_identities_and_cameras(tmp_path):
+    data = datasets.create("synthetic", str(tmp_path), **_TINY)
+    pixels = np.stack([tf.io.decode_jpeg(tf.io.read_file(s.path)).numpy() for s in data.train])
+    flat = pixels.reshape(len(pixels), -1).astype(np.float32)
+    assert len({row.tobytes() for row in pixels}) == len(pixels)
+    assert flat.std(axis=0).mean() > 10  # not near-constant images
+
+
+def test_leftover_temp_dir_is_not_a_dataset(tmp_path):
+    root = tmp_path / "synthetic"
+    name = synthetic.cache_name({k: _TINY[k] for k in _TINY})
+    leftover = root / f".tmp-{name}-abc123"
+    (leftover / "bounding_box_train").mkdir(parents=True)
+    (leftover / "bounding_box_train" / "0001_c1s1_000001_00.jpg").write_bytes(b"partial")
+    data = datasets.create("synthetic", str(tmp_path), **_TINY)
+    assert os.path.basename(data.root) == name and len(data.query) > 0
+    assert (leftover / "bounding_box_train" / "0001_c1s1_000001_00.jpg").read_bytes() == b"partial"
+
+
+def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
+    calls = []
+    render = synthetic._render
+
+    def failing_render(*args):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt
+        return render(*args)
+
+    monkeypatch.setattr(synthetic, "_render", failing_render)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.generate(str(tmp_path), **_TINY)
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="cameras_per_id"):
+        synthetic.generate("/nonexistent", **{**_TINY, "cameras_per_id": 4})
+    with pytest.raises(TypeError):
+        synthetic.generate("/nonexistent", num_ids=3)
