@@ -1,0 +1,172 @@
+"""tf.data input pipelines: in-order evaluation, seeded one-epoch training and PK batches.
+
+Images are decoded inside the graph. A corrupt file makes iteration fail with TensorFlow's decode
+error, which does not name the file; the dataset readers name it (mlc_tf.data.datasets,
+`verify_images=True` / `skip_corrupt=True`), so check images there before a long run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from mlc_tf.data import sampler
+from mlc_tf.data.augment import AugmentConfig, augment_image, sample_seed
+
+__all__ = ["AugmentConfig", "load_image", "make_eval_dataset", "make_train_dataset",
+           "make_pk_dataset", "train_steps_per_epoch", "pk_steps_per_epoch"]
+
+# Stream tags mixed into the NumPy seeds so the two samplers never share a random stream.
+_ORDER_STREAM, _PK_STREAM = 0, 1
+
+
+def _decode(path: tf.Tensor) -> tf.Tensor:
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Reads one image file as float32 RGB in [0, 255], resized (bilinear) to image_size.
+
+    Args:
+        path: scalar string tensor.
+        image_size: (height, width).
+
+    Returns:
+        float32 (height, width, 3).
+    """
+    image = tf.image.resize(tf.cast(_decode(path), tf.float32), image_size, method="bilinear")
+    return tf.ensure_shape(image, (*image_size, 3))
+
+
+def make_eval_dataset(paths: Sequence[str], image_size: tuple[int, int],
+                      batch_size: int) -> tf.data.Dataset:
+    """Images in the order of paths, without augmentation, in batches (the last may be short).
+
+    Returns:
+        Dataset of float32 (B, height, width, 3) in [0, 255].
+    """
+    size = tuple(int(v) for v in image_size)
+    return (tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
+            .map(lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def train_steps_per_epoch(num_samples: int, batch_size: int) -> int:
+    """Batches yielded by make_train_dataset: floor(num_samples / batch_size)."""
+    return num_samples // batch_size
+
+
+def pk_steps_per_epoch(pseudo_labels: np.ndarray, batch_size: int) -> int:
+    """Batches yielded by make_pk_dataset: ceil(labelled samples / batch_size)."""
+    return sampler.pk_num_batches(pseudo_labels, batch_size)
+
+
+def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray,
+                       labels: np.ndarray | None, *, image_size: tuple[int, int],
+                       batch_size: int, seed: int, epoch: int,
+                       augment: AugmentConfig) -> tf.data.Dataset:
+    """Decodes and augments samples already in epoch order; the position seeds each image."""
+    size = tuple(int(v) for v in image_size)
+    columns = {"path": tf.constant(paths, tf.string), "index": tf.constant(indices, tf.int32),
+               "camid": tf.constant(camids, tf.int32),
+               "position": tf.range(len(paths), dtype=tf.int64)}
+    if labels is not None:
+        columns["label"] = tf.constant(labels, tf.int32)
+
+    def load(sample):
+        image = augment_image(_decode(sample.pop("path")),
+                              sample_seed(seed, epoch, sample.pop("position")), size, augment)
+        return {"image": image, **sample}
+
+    # The batch is static (drop_remainder) so MirroredStrategy splits it evenly over replicas.
+    return (tf.data.Dataset.from_tensor_slices(columns)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .batch(batch_size, drop_remainder=True)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def _check_columns(paths: Sequence[str], camids: Sequence[int],
+                   indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    paths = np.asarray(list(paths), dtype=object)
+    camids = np.asarray(camids, np.int64).reshape(-1)
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    if not len(paths) == len(camids) == len(indices):
+        raise ValueError(f"paths ({len(paths)}), camids ({len(camids)}) and indices "
+                         f"({len(indices)}) must have the same length")
+    if len(np.unique(indices)) != len(indices):
+        raise ValueError("indices must be distinct (each is one memory-bank slot)")
+    return paths, camids, indices
+
+
+def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int], *,
+                       image_size: tuple[int, int], batch_size: int, seed: int, epoch: int,
+                       augment: AugmentConfig) -> tf.data.Dataset:
+    """One epoch over all samples, each at most once, in an order fixed by (seed, epoch).
+
+    The final partial batch is dropped (static batch shape for MirroredStrategy), so
+    train_steps_per_epoch() batches come out; a later epoch's order includes the dropped samples.
+
+    Args:
+        paths: image files.
+        camids: 0-based camera id of each image.
+        indices: memory-bank slot of each image (distinct).
+        image_size: (height, width).
+        batch_size: global batch size.
+        seed: run seed; with epoch, fixes order and augmentation exactly (resumable).
+        epoch: 0-based epoch.
+        augment: augmentation settings.
+
+    Returns:
+        Dataset of {'image': float32 (B, H, W, 3), 'index': int32 (B,), 'camid': int32 (B,)};
+        never the true identity.
+
+    Raises:
+        ValueError: mismatched lengths, repeated indices, or fewer samples than batch_size.
+    """
+    paths, camids, indices = _check_columns(paths, camids, indices)
+    if len(paths) < batch_size:
+        raise ValueError(f"{len(paths)} training samples cannot fill one batch of {batch_size}")
+    order = np.random.default_rng([seed, epoch, _ORDER_STREAM]).permutation(len(paths))
+    order = order[:train_steps_per_epoch(len(paths), batch_size) * batch_size]
+    return _augmented_batches(list(paths[order]), camids[order], indices[order], None,
+                              image_size=image_size, batch_size=batch_size, seed=seed,
+                              epoch=epoch, augment=augment)
+
+
+def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int],
+                    pseudo_labels: Sequence[int], *, num_instances: int, batch_size: int,
+                    image_size: tuple[int, int], seed: int, epoch: int, augment: AugmentConfig,
+                    camera_aware: bool = False) -> tf.data.Dataset:
+    """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
+
+    No sample appears twice in a batch and every batch has exactly batch_size samples;
+    pk_steps_per_epoch() batches come out.
+
+    Args:
+        paths, camids, indices: as make_train_dataset.
+        pseudo_labels: (N,) cluster of each sample, -1 for outliers (never sampled).
+        num_instances: K, instances per cluster in a batch.
+        batch_size, image_size, seed, epoch, augment: as make_train_dataset.
+        camera_aware: prefer instances from other cameras within a cluster.
+
+    Returns:
+        Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
+
+    Raises:
+        ValueError: mismatched lengths, or fewer labelled samples than batch_size.
+    """
+    paths, camids, indices = _check_columns(paths, camids, indices)
+    labels = np.asarray(pseudo_labels, np.int64).reshape(-1)
+    if len(labels) != len(paths):
+        raise ValueError(f"pseudo_labels ({len(labels)}) and paths ({len(paths)}) differ in length")
+    rng = np.random.default_rng([seed, epoch, _PK_STREAM])
+    batches = sampler.pk_batches(labels, camids, num_instances, batch_size, rng, camera_aware)
+    order = np.concatenate(batches)
+    return _augmented_batches(list(paths[order]), camids[order], indices[order], labels[order],
+                              image_size=image_size, batch_size=batch_size, seed=seed,
+                              epoch=epoch, augment=augment)
+

@@ -1,0 +1,138 @@
+"""Tests of the tf.data pipelines: loading, eval order, seeded train epochs and PK batches."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mlc_tf.data import pipeline
+from mlc_tf.data.augment import AugmentConfig
+
+SIZE = (16, 8)
+NO_AUGMENT = AugmentConfig(crop="none", flip=0.0, rotation=0.0, color_jitter=0.0,
+                           random_erasing=0.0)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Twenty flat-coloured 24x12 JPEGs; image i has grey level 10 * i + 20."""
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i in range(20):
+        pixels = np.full((24, 12, 3), 10 * i + 20, np.uint8)
+        path = os.path.join(folder, f"{i:03d}.jpg")
+        tf.io.write_file(path, tf.io.encode_jpeg(pixels, quality=100))
+        paths.append(path)
+    return paths
+
+
+def _grey_of(image: np.ndarray) -> int:
+    return int(round((float(image.mean()) - 20) / 10))
+
+
+def _train(paths, epoch=0, seed=1, batch_size=6, augment=AugmentConfig()):
+    n = len(paths)
+    return pipeline.make_train_dataset(paths, [i % 3 for i in range(n)], list(range(100, 100 + n)),
+                                       image_size=SIZE, batch_size=batch_size, seed=seed,
+                                       epoch=epoch, augment=augment)
+
+
+def test_load_image_resizes_to_float_rgb(images):
+    image = pipeline.load_image(tf.constant(images[3]), SIZE)
+    assert image.shape == (*SIZE, 3) and image.dtype == tf.float32
+    np.testing.assert_allclose(image.numpy(), 50.0, atol=2.0)
+
+
+def test_eval_dataset_keeps_order_without_augmentation(images):
+    batches = list(pipeline.make_eval_dataset(images, SIZE, 8))
+    assert [b.shape[0] for b in batches] == [8, 8, 4]
+    flat = np.concatenate([b.numpy() for b in batches])
+    assert [_grey_of(im) for im in flat] == list(range(20))
+    again = np.concatenate([b.numpy() for b in pipeline.make_eval_dataset(images, SIZE, 8)])
+    np.testing.assert_array_equal(flat, again)
+
+
+def test_train_dataset_keys_shapes_and_single_visit(images):
+    dataset = _train(images)
+    assert dataset.cardinality() == pipeline.train_steps_per_epoch(20, 6) == 3
+    seen = []
+    for batch in dataset:
+        assert set(batch) == {"image", "index", "camid"}  # never a pid
+        assert batch["image"].shape == (6, *SIZE, 3) and batch["image"].dtype == tf.float32
+        assert batch["index"].dtype == tf.int32 and batch["camid"].dtype == tf.int32
+        pixels = batch["image"].numpy()
+        assert pixels.min() >= 0 and pixels.max() <= 255
+        index = batch["index"].numpy()
+        np.testing.assert_array_equal(batch["camid"].numpy(), (index - 100) % 3)
+        seen.extend(index.tolist())
+    assert len(seen) == 18 == len(set(seen)) and set(seen) <= set(range(100, 120))
+
+
+def test_train_images_belong_to_their_index(images):
+    for batch in _train(images, augment=NO_AUGMENT):
+        for image, index in zip(batch["image"].numpy(), batch["index"].numpy()):
+            assert _grey_of(image) == index - 100
+
+
+def test_train_dataset_is_reproducible_and_changes_with_epoch(images):
+    def run(epoch, seed=1):
+        batches = list(_train(images, epoch=epoch, seed=seed))
+        return (np.concatenate([b["index"].numpy() for b in batches]),
+                np.concatenate([b["image"].numpy() for b in batches]))
+
+    order, pixels = run(0)
+    order_again, pixels_again = run(0)
+    np.testing.assert_array_equal(order, order_again)
+    np.testing.assert_array_equal(pixels, pixels_again)
+    assert not np.array_equal(order, run(1)[0])
+    assert not np.array_equal(order, run(0, seed=2)[0])
+
+
+def test_train_dataset_resumes_by_skipping(images):
+    full = [b["image"].numpy() for b in _train(images, epoch=4)]
+    resumed = [b["image"].numpy() for b in _train(images, epoch=4).skip(1)]
+    np.testing.assert_array_equal(np.stack(full[1:]), np.stack(resumed))
+
+
+def test_pk_dataset_labels_outliers_and_distinct_indices(images):
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, -1, 2, 2, 2, 2, 2, 3, 3, -1, 4, 4, 4, 4])
+    indices = np.arange(500, 520)
+    dataset = pipeline.make_pk_dataset(images, np.arange(20) % 2, indices, labels,
+                                       num_instances=2, batch_size=6, image_size=SIZE, seed=3,
+                                       epoch=2, augment=NO_AUGMENT, camera_aware=True)
+    assert dataset.cardinality() == pipeline.pk_steps_per_epoch(labels, 6) == 3
+    count = 0
+    for batch in dataset:
+        assert set(batch) == {"image", "index", "camid", "label"}
+        index = batch["index"].numpy()
+        assert batch["label"].dtype == tf.int32 and len(set(index)) == 6
+        np.testing.assert_array_equal(batch["label"].numpy(), labels[index - 500])
+        assert np.all(batch["label"].numpy() >= 0)
+        for image, i in zip(batch["image"].numpy(), index):
+            assert _grey_of(image) == i - 500
+        count += 1
+    assert count == 3
+
+
+def test_errors(images):
+    with pytest.raises(ValueError, match="batch"):
+        _train(images[:4], batch_size=6)
+    with pytest.raises(ValueError, match="same length"):
+        pipeline.make_train_dataset(images, [0] * 3, range(20), image_size=SIZE, batch_size=4,
+                                    seed=0, epoch=0, augment=NO_AUGMENT)
+    with pytest.raises(ValueError, match="distinct"):
+        pipeline.make_train_dataset(images, [0] * 20, [0] * 20, image_size=SIZE, batch_size=4,
+                                    seed=0, epoch=0, augment=NO_AUGMENT)
+    with pytest.raises(ValueError, match="pseudo label"):
+        pipeline.make_pk_dataset(images, [0] * 20, range(20), [-1] * 18 + [0, 0],
+                                 num_instances=2, batch_size=4, image_size=SIZE, seed=0, epoch=0,
+                                 augment=NO_AUGMENT)
+
+
+def test_corrupt_image_fails_iteration(tmp_path, images):
+    # Documented behaviour: decoding fails loudly; mlc_tf.data.datasets names the file up front.
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not a jpeg")
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(pipeline.make_eval_dataset([images[0], str(bad)], SIZE, 2))
