@@ -159,6 +159,25 @@ def test_msmt17_repack_layout(tmp_path):
     assert _triples(data.gallery) == [("0002_c15_0303morning_0017_0.jpg", 2, 14)]
 
 
+def test_msmt17_data_dir_is_dataset_folder_and_v2_preferred(tmp_path):
+    v1 = _msmt_tree(str(tmp_path), "V1")
+    data = datasets.create("msmt17", v1)
+    assert data.root == v1 and len(data.train) == 3
+    v2 = _msmt_tree(str(tmp_path), "V2")
+    data = datasets.create("msmt17", str(tmp_path))
+    assert data.root == v2 and all("mask_train_v2" in s.path for s in data.train)
+
+
+def test_msmt17_camera_out_of_range(tmp_path):
+    base = _msmt_tree(str(tmp_path), "V1")
+    name = "0002/0002_005_16_0303noon_0100_1.jpg"
+    _write(os.path.join(base, "train", name))
+    with open(os.path.join(base, "list_val.txt"), "w") as f:
+        f.write(f"{name} 2\n")
+    with pytest.raises(DatasetError, match=r"camera 16 of .*line 1 of .*list_val.txt.*1\.\.15"):
+        datasets.create("msmt17", str(tmp_path))
+
+
 def test_msmt17_missing_listed_image(tmp_path):
     base = _msmt_tree(str(tmp_path), "V1")
     os.remove(os.path.join(base, "test", "0000", "0000_001_07_0303afternoon_0001_0.jpg"))
@@ -243,9 +262,52 @@ def test_corrupt_image_raises_only_when_verifying(tmp_path):
     _write(bad, b"")
     with pytest.raises(DatasetError, match=r"0003_c4s1_000402_00.jpg.*empty file"):
         datasets.create("market1501", str(tmp_path), verify_images=True)
-    _write(bad, _JPEG[: len(_JPEG) // 2])
+    _write(bad, _JPEG[:-20])  # image data and end-of-image marker cut off
     with pytest.raises(DatasetError, match=r"0003_c4s1_000402_00.jpg.*truncated"):
         datasets.create("market1501", str(tmp_path), verify_images=True)
+
+
+def _jpeg_variants() -> dict[str, tuple[bytes, str | None]]:
+    """JPEG byte strings and the problem the check should name (None = valid)."""
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 8, 3), dtype=np.uint8)
+    plain = tf.io.encode_jpeg(pixels).numpy()
+    sof = plain.index(b"\xff\xc0")
+    # An EXIF-style APP1 segment and fill bytes before the next marker: the walk must skip both.
+    app1 = b"\xff\xe1" + (2 + 300).to_bytes(2, "big") + bytes(range(256)) + bytes(44)
+    zero_height = plain[:sof + 5] + b"\x00\x00" + plain[sof + 7:]
+    no_frame = plain[:sof] + b"\xff\xfe\x00\x04ab" + plain[plain.index(b"\xff\xda"):]
+    return {
+        "baseline": (plain, None),
+        "progressive": (tf.io.encode_jpeg(pixels, progressive=True).numpy(), None),
+        "app1_and_fill": (plain[:2] + app1 + b"\xff\xff" + plain[2:], None),
+        "zero_height": (zero_height, "corrupt JPEG header (image size 0x8)"),
+        "no_frame_header": (no_frame, "corrupt JPEG header (no frame header"),
+        "png": (tf.io.encode_png(pixels).numpy(), "not a JPEG"),
+        "header_only": (plain[:sof + 20], "truncated JPEG"),
+    }
+
+
+@pytest.mark.parametrize("variant", sorted(_jpeg_variants()))
+def test_jpeg_check_agrees_with_decoder(tmp_path, variant):
+    data, problem = _jpeg_variants()[variant]
+    base = _market_tree(str(tmp_path))
+    path = os.path.join(base, "query", "0003_c4s1_000402_00.jpg")
+    _write(path, data)
+    try:
+        tf.io.decode_jpeg(data)
+        decodes = True
+    except tf.errors.InvalidArgumentError:
+        decodes = False
+    # The independent oracle is TensorFlow's full decoder; it also reads other formats, which
+    # the check rejects on purpose: every layout is defined as JPEG files.
+    assert decodes == (problem is None or variant == "png")
+    if problem is None:
+        assert len(datasets.create("market1501", str(tmp_path), verify_images=True).query) == 3
+    else:
+        with pytest.raises(DatasetError) as error:
+            datasets.create("market1501", str(tmp_path), verify_images=True)
+        assert "0003_c4s1_000402_00.jpg" in str(error.value)
+        assert problem in str(error.value)
 
 
 def test_skip_corrupt_warns_counts_and_leaves_files(tmp_path, caplog):

@@ -94,6 +94,45 @@ def test_images_differ_between_identities_and_cameras(tmp_path):
     assert flat.std(axis=0).mean() > 10  # not near-constant images
 
 
+def _market_map(query: np.ndarray, gallery: np.ndarray, q_pids, g_pids, q_cams, g_cams) -> float:
+    """Plain Market-protocol mAP: drop same pid+camera, skip queries without a match."""
+    aps = []
+    for feature, pid, cam in zip(query, q_pids, q_cams):
+        order = np.argsort(((gallery - feature) ** 2).sum(axis=1), kind="stable")
+        keep = ~((g_pids[order] == pid) & (g_cams[order] == cam))
+        hits = (g_pids[order] == pid)[keep]
+        if hits.any():
+            ranks = np.flatnonzero(hits) + 1
+            aps.append(np.mean(np.arange(1, len(ranks) + 1) / ranks))
+    return float(np.mean(aps))
+
+
+def test_raw_pixels_match_poorly_but_identity_cues_are_consistent(tmp_path):
+    data = datasets.create("synthetic", str(tmp_path), num_train_ids=1, num_test_ids=24,
+                           images_per_camera=3, num_cameras=4, cameras_per_id=3, height=64,
+                           width=32, seed=0)
+
+    def split(samples, feature):
+        pixels = np.stack([tf.io.decode_jpeg(tf.io.read_file(s.path)).numpy() for s in samples])
+        flat = feature(pixels.astype(np.float64)).reshape(len(samples), -1)
+        return (flat / np.linalg.norm(flat, axis=1, keepdims=True),
+                np.array([s.pid for s in samples]), np.array([s.camid for s in samples]))
+
+    def score(feature):
+        q, q_pids, q_cams = split(data.query, feature)
+        g, g_pids, g_cams = split(data.gallery, feature)
+        return _market_map(q, g, q_pids, g_pids, q_cams, g_cams)
+
+    def person_colours(pixels):
+        # The middle of the crop, divided by its mean colour: cancels most of the camera cast.
+        centre = pixels[:, 8:60, 10:22]
+        return centre / centre.mean(axis=(1, 2), keepdims=True) - 1
+
+    raw = score(lambda pixels: pixels)
+    assert raw < 0.25  # backgrounds, casts and jitter defeat raw pixels
+    assert score(person_colours) > raw + 0.1  # while clothing stays consistent across cameras
+
+
 def test_leftover_temp_dir_is_not_a_dataset(tmp_path):
     root = tmp_path / "synthetic"
     name = synthetic.cache_name({k: _TINY[k] for k in _TINY})

@@ -21,6 +21,7 @@ from mlc_tf.data import datasets
 
 # Bump when the drawing changes, so old caches are not reused.
 _VERSION = 1
+_PARAMS_FILE = "params.json"
 _FAMILY_SIZE = 4
 _TEXTURES = ("plain", "stripes", "checks", "logo")
 # Clothing palette (RGB in [0, 1]): few colours, so unrelated families collide too.
@@ -258,7 +259,7 @@ def generate(root: str, *, num_train_ids: int = 64, num_test_ids: int = 64,
                 pixels = _partial(pixels, rng)
             with open(os.path.join(temp, folder, name), "wb") as f:
                 f.write(tf.io.encode_jpeg(pixels, quality=92).numpy())
-        with open(os.path.join(temp, "params.json"), "w") as f:
+        with open(os.path.join(temp, _PARAMS_FILE), "w") as f:
             json.dump({**params, "version": _VERSION}, f, indent=1, sort_keys=True)
         os.rename(temp, final)
     except OSError:
@@ -284,9 +285,15 @@ def create_dataset(data_dir: str, *, verify_images: bool = False, skip_corrupt: 
 
     Returns:
         The dataset, named 'synthetic'.
+
+    Raises:
+        ValueError: generator parameters out of range.
+        TypeError: an unknown generator option.
     """
     folder = generate(os.path.join(data_dir, "synthetic"), **params)
-    num_cameras = params.get("num_cameras", generate.__kwdefaults__["num_cameras"])
+    # The folder records every parameter, defaults included; a split may miss a camera.
+    with open(os.path.join(folder, _PARAMS_FILE)) as f:
+        num_cameras = json.load(f)["num_cameras"]
     return datasets.parse_market_layout(
         "synthetic", folder, datasets.MARKET_LAYOUT, num_cameras,
         verify_images=verify_images, skip_corrupt=skip_corrupt)
