@@ -1,104 +1,144 @@
-"""Market-1501 protocol evaluation (CMC, mAP, mINP) from distances or streamed from features.
+"""Market-1501 protocol evaluation (CMC, mAP, mINP) of a distance matrix or streamed from features.
 
-The protocol is torchreid's `eval_market1501`: for each query, gallery items with the same
-pid AND the same camera are removed; queries left with no true match are skipped; AP is the
-step-wise mean of precision at each true match; mINP (fast-reid) is R / (rank of the last
-true match). Instead of arg-sorting every row, the ranks of the true matches are found by
-sorting each row's distances (a SIMD sort, ~4x cheaper than argsort) and binary-searching
-the matches' distances into it; the ranks, and so the numbers, are the same whenever the
-distances have no ties (torchreid's argsort orders ties arbitrarily; here a tie with a true
-match ranks in its favour).
+The protocol is torchreid's `eval_market1501` (spec §2): for each query, gallery items with the
+same pid AND the same camera are removed; queries left with no true match are skipped; AP is the
+step-wise mean of the precision at each true match; mINP (fast-reid) is R / (1-based position of
+the last true match). Only the positions of a query's true matches matter, so instead of
+arg-sorting each gallery row (what torchreid does) the row is cut at the farthest true match, that
+short prefix is sorted, and the true matches are binary-searched into it.
+
+Ties: torchreid's `np.argsort` orders equal distances arbitrarily. Here a true match tied with
+other items is ranked before them, and tied true matches take consecutive positions; without ties
+the numbers equal torchreid's.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-_DEFAULT_CHUNK = 256
+DEFAULT_CHUNK_SIZE = 256
+METRICS = ("euclidean", "cosine")
 
 
 def pairwise_distance(query_features: np.ndarray, gallery_features: np.ndarray,
                       metric: str = "euclidean") -> np.ndarray:
-    """Query x gallery distances.
+    """Query x gallery distances, computed in float32.
 
     Args:
         query_features: float (Q, D).
         gallery_features: float (G, D).
-        metric: 'euclidean' (squared Euclidean) or 'cosine' (1 - cosine similarity).
+        metric: 'euclidean' (squared Euclidean distance of the features as given; callers
+            L2-normalise them first) or 'cosine' (1 - cosine similarity).
 
     Returns:
         float32 (Q, G).
 
     Raises:
-        ValueError: unknown metric or mismatched feature sizes.
+        ValueError: unknown metric or mismatched feature shapes.
     """
-    query = np.asarray(query_features, np.float32)
-    gallery = np.asarray(gallery_features, np.float32)
-    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
-        raise ValueError(f"features must be (Q, D) and (G, D); got {query.shape} and {gallery.shape}")
-    if metric == "euclidean":
-        dist = query @ gallery.T
-        dist *= -2.0
-        dist += np.square(query).sum(1)[:, None]
-        dist += np.square(gallery).sum(1)[None, :]
-        return np.maximum(dist, 0.0, out=dist)
+    query, gallery = _check_features(query_features, gallery_features, metric)
     if metric == "cosine":
         query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
         gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
         return 1.0 - query @ gallery.T
-    raise ValueError(f"unknown metric {metric!r}; expected 'euclidean' or 'cosine'")
+    dist = query @ gallery.T
+    dist *= -2.0
+    dist += np.einsum("ij,ij->i", query, query)[:, None]
+    dist += np.einsum("ij,ij->i", gallery, gallery)[None, :]
+    return np.maximum(dist, 0.0, out=dist)
 
 
-class _RankAccumulator:
-    """Sums CMC, AP and INP over query chunks."""
+class MarketEvaluator:
+    """Accumulates CMC, AP and INP over chunks of query rows of a query x gallery distance."""
 
-    def __init__(self, g_pids, g_camids, max_rank: int):
+    def __init__(self, g_pids, g_camids, max_rank: int = 50):
+        """Prepares the gallery side.
+
+        Args:
+            g_pids: int (G,) gallery identities.
+            g_camids: int (G,) gallery cameras.
+            max_rank: CMC length; capped at G, as torchreid does.
+
+        Raises:
+            ValueError: max_rank < 1 or g_pids and g_camids differ in length.
+        """
         self.g_pids = np.asarray(g_pids)
         self.g_camids = np.asarray(g_camids)
-        self.max_rank = max_rank
-        self.cmc_sum = np.zeros(max_rank, np.float64)
-        self.ap_sum = 0.0
-        self.inp_sum = 0.0
-        self.num_valid = 0
-        # Gallery items grouped by pid, so each query finds its matches without a G-wide scan.
+        if self.g_pids.shape != self.g_camids.shape or self.g_pids.ndim != 1:
+            raise ValueError(f"gallery pids {self.g_pids.shape} and camids "
+                             f"{self.g_camids.shape} must be equal-length vectors")
+        if max_rank < 1:
+            raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+        self.max_rank = min(max_rank, len(self.g_pids))
+        self._first_ranks: list[int] = []  # 0-based position of each valid query's first match
+        self._ap_sum = 0.0
+        self._inp_sum = 0.0
+        # Gallery indices grouped by pid, so a query finds its matches without a G-wide scan.
         order = np.argsort(self.g_pids, kind="stable")
         pids, starts = np.unique(self.g_pids[order], return_index=True)
         ends = np.append(starts[1:], len(order))
         self._members = {pid: order[s:e] for pid, s, e in zip(pids.tolist(), starts, ends)}
 
-    def add(self, dist: np.ndarray, q_pids: np.ndarray, q_camids: np.ndarray) -> None:
-        """Adds a chunk of queries with their distances (rows of dist) to the sums."""
-        sorted_dist = np.sort(dist, axis=1)
-        for row, (pid, camid) in enumerate(zip(q_pids.tolist(), q_camids.tolist())):
+    def add(self, distances: np.ndarray, q_pids, q_camids) -> None:
+        """Adds queries with their distance rows.
+
+        Args:
+            distances: (n, G) distances of n queries to the gallery, smaller is closer. Any
+                per-row constant may be added: only the order within a row matters.
+            q_pids: int (n,) query identities.
+            q_camids: int (n,) query cameras.
+
+        Raises:
+            ValueError: mismatched shapes or NaN distances.
+        """
+        distances = np.asarray(distances)
+        q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
+        if distances.ndim != 2 or distances.shape[1] != len(self.g_pids) \
+                or not len(distances) == len(q_pids) == len(q_camids):
+            raise ValueError(f"distances {distances.shape} do not match {len(q_pids)} query "
+                             f"pids, {len(q_camids)} camids and {len(self.g_pids)} gallery items")
+        # One cheap pass: a NaN anywhere makes the sum NaN.
+        if np.isnan(np.sum(distances, dtype=np.float64)):
+            raise ValueError("distances contain NaN")
+        for row, pid, camid in zip(distances, q_pids.tolist(), q_camids.tolist()):
             members = self._members.get(pid)
             if members is None:
                 continue
             same_cam = self.g_camids[members] == camid
-            positives = np.sort(dist[row, members[~same_cam]])
+            positives = np.sort(row[members[~same_cam]])
             if positives.size == 0:
                 continue
-            removed = np.sort(dist[row, members[same_cam]])
-            # 0-based rank among the kept items = items strictly closer - removed ones closer.
-            ranks = (np.searchsorted(sorted_dist[row], positives, side="left")
+            # Everything ranked at or before the last true match, sorted: usually a few % of G.
+            prefix = np.sort(np.compress(row <= positives[-1], row))
+            removed = np.sort(row[members[same_cam]])
+            # 0-based position among kept items = kept items strictly closer.
+            ranks = (np.searchsorted(prefix, positives, side="left")
                      - np.searchsorted(removed, positives, side="left"))
-            # Positives at equal distance share a count: give them consecutive ranks.
-            offsets = np.arange(positives.size)
-            ranks = np.maximum.accumulate(ranks - offsets) + offsets
-            self._add_query(ranks)
-
-    def _add_query(self, ranks: np.ndarray) -> None:
-        hits = np.arange(1, ranks.size + 1)
-        self.ap_sum += float(np.mean(hits / (ranks + 1.0)))
-        self.inp_sum += ranks.size / (ranks[-1] + 1.0)
-        if ranks[0] < self.max_rank:
-            self.cmc_sum[ranks[0]:] += 1.0
-        self.num_valid += 1
+            # Tied true matches share that count; give them consecutive positions.
+            hits = np.arange(positives.size)
+            ranks = np.maximum.accumulate(ranks - hits) + hits
+            self._ap_sum += float(np.sum((hits + 1.0) / (ranks + 1.0))) / positives.size
+            self._inp_sum += positives.size / (int(ranks[-1]) + 1.0)
+            self._first_ranks.append(int(ranks[0]))
 
     def result(self) -> dict:
-        if self.num_valid == 0:
-            raise ValueError("no valid query: every query lacks a gallery match in another camera")
-        return {"mAP": self.ap_sum / self.num_valid, "cmc": self.cmc_sum / self.num_valid,
-                "mINP": self.inp_sum / self.num_valid, "num_valid_queries": self.num_valid}
+        """The metrics over all queries added so far.
+
+        Returns:
+            {'mAP': float, 'cmc': float64 (max_rank,), 'mINP': float, 'num_valid_queries': int};
+            rates in [0, 1], cmc[k] = fraction of valid queries with a true match in the top k+1.
+
+        Raises:
+            ValueError: no valid query (none has a true match in another camera).
+        """
+        num_valid = len(self._first_ranks)
+        if num_valid == 0:
+            raise ValueError("no valid query: no query has a gallery match of the same pid "
+                             "in another camera")
+        first = np.bincount(np.minimum(self._first_ranks, self.max_rank),
+                            minlength=self.max_rank + 1)
+        return {"mAP": self._ap_sum / num_valid, "cmc": np.cumsum(first[:-1]) / num_valid,
+                "mINP": self._inp_sum / num_valid, "num_valid_queries": num_valid}
 
 
 def evaluate_ranking(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
@@ -108,84 +148,121 @@ def evaluate_ranking(distmat: np.ndarray, q_pids, g_pids, q_camids, g_camids,
     Args:
         distmat: (Q, G) distances, smaller is more similar.
         q_pids, g_pids, q_camids, g_camids: int arrays (Q,), (G,), (Q,), (G,).
-        max_rank: length of the CMC curve (capped at G).
+        max_rank: CMC length (capped at G).
 
     Returns:
-        {'mAP': float, 'cmc': float64 (max_rank,), 'mINP': float, 'num_valid_queries': int},
-        all rates in [0, 1].
+        See MarketEvaluator.result.
 
     Raises:
-        ValueError: shapes disagree, or no query has a valid match.
+        ValueError: shapes disagree, NaN distances, or no query has a valid match.
     """
     distmat = np.asarray(distmat)
     q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
-    _check_shapes(distmat.shape, q_pids, g_pids, q_camids, g_camids)
-    accumulator = _RankAccumulator(g_pids, g_camids, min(max_rank, distmat.shape[1]))
-    for start in range(0, distmat.shape[0], _DEFAULT_CHUNK):
-        stop = start + _DEFAULT_CHUNK
-        accumulator.add(distmat[start:stop], q_pids[start:stop], q_camids[start:stop])
-    return accumulator.result()
+    evaluator = MarketEvaluator(g_pids, g_camids, max_rank)
+    for start in range(0, max(len(distmat), 1), DEFAULT_CHUNK_SIZE):
+        stop = start + DEFAULT_CHUNK_SIZE
+        evaluator.add(distmat[start:stop], q_pids[start:stop], q_camids[start:stop])
+    return evaluator.result()
 
 
 def evaluate_features(query_features: np.ndarray, gallery_features: np.ndarray, q_pids, g_pids,
                       q_camids, g_camids, *, metric: str = "euclidean", max_rank: int = 50,
-                      chunk_size: int = _DEFAULT_CHUNK, return_topk: int = 0) -> dict:
-    """Like evaluate_ranking, computing distances one chunk of queries at a time.
+                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict:
+    """evaluate_ranking of pairwise_distance, streamed one chunk of queries at a time.
 
-    Peak memory is a few (chunk_size, G) float32 blocks, never (Q, G): MSMT17's
-    11,659 x 82,161 evaluation fits in well under 2 GiB.
+    Never holds the (Q, G) matrix: besides the features, memory is one (chunk_size, G) float32
+    block (84 MB at MSMT17's G = 82,161) and small per-row buffers. A block holds the
+    distances minus a per-query constant (for 'euclidean', |g|^2 - 2 q.g; for 'cosine',
+    -cos), which ranks each row the same way and saves a pass over it. float32 features avoid
+    a copy of the gallery.
 
     Args:
         query_features, gallery_features: (Q, D) and (G, D).
         q_pids, g_pids, q_camids, g_camids: as in evaluate_ranking.
         metric: see pairwise_distance.
-        max_rank: length of the CMC curve.
-        chunk_size: queries per distance block.
-        return_topk: if > 0, also return 'topk': int (Q, return_topk) gallery indices per
-            query, nearest first, with same-pid-same-camera items removed (for rank lists).
+        max_rank: CMC length.
+        chunk_size: queries per block.
 
     Returns:
-        The evaluate_ranking dict (plus 'topk' when asked).
+        See MarketEvaluator.result.
+
+    Raises:
+        ValueError: shapes disagree, bad metric, non-finite features, or no valid query.
     """
+    query, gallery = _check_features(query_features, gallery_features, metric)
     q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
-    g_pids, g_camids = np.asarray(g_pids), np.asarray(g_camids)
-    _check_shapes((len(query_features), len(gallery_features)), q_pids, g_pids, q_camids, g_camids)
-    accumulator = _RankAccumulator(g_pids, g_camids, min(max_rank, len(gallery_features)))
-    topk = []
-    for start in range(0, len(query_features), chunk_size):
-        stop = start + chunk_size
-        dist = pairwise_distance(query_features[start:stop], gallery_features, metric)
-        accumulator.add(dist, q_pids[start:stop], q_camids[start:stop])
-        if return_topk:
-            topk.append(top_matches(dist, q_pids[start:stop], q_camids[start:stop],
-                                    g_pids, g_camids, return_topk))
-    result = accumulator.result()
-    if return_topk:
-        result["topk"] = np.concatenate(topk)
-    return result
+    if not len(query) == len(q_pids) == len(q_camids):
+        raise ValueError(f"{len(query)} query features but {len(q_pids)} pids and "
+                         f"{len(q_camids)} camids")
+    evaluator = MarketEvaluator(g_pids, g_camids, max_rank)
+    if len(evaluator.g_pids) != len(gallery):
+        raise ValueError(f"{len(gallery)} gallery features but {len(evaluator.g_pids)} pids")
+    gallery_sq = np.einsum("ij,ij->i", gallery, gallery)
+    query_sq = np.einsum("ij,ij->i", query, query)
+    if not (np.isfinite(gallery_sq).all() and np.isfinite(query_sq).all()):
+        raise ValueError("features contain NaN or Inf (or overflow float32)")
+    if metric == "cosine":
+        # -cos = -(q / |q|) . g / |g|: scale the block's columns rather than copy G x D.
+        column_scale = -1.0 / np.maximum(np.sqrt(gallery_sq), 1e-12)
+    for start in range(0, max(len(query), 1), chunk_size):
+        block = query[start:start + chunk_size]
+        if metric == "cosine":
+            block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            scores = block @ gallery.T
+            scores *= column_scale
+        else:
+            scores = (-2.0 * block) @ gallery.T
+            scores += gallery_sq
+        evaluator.add(scores, q_pids[start:start + chunk_size],
+                      q_camids[start:start + chunk_size])
+    return evaluator.result()
 
 
-def top_matches(distmat: np.ndarray, q_pids, q_camids, g_pids, g_camids, k: int) -> np.ndarray:
-    """The k nearest gallery indices per query, same-pid-same-camera items removed.
+def headline_metrics(result: dict, ranks=(1, 5, 10)) -> dict[str, float]:
+    """The usual report of an evaluation result: mAP, rank-k accuracies and mINP.
+
+    Args:
+        result: what evaluate_ranking / evaluate_features returned.
+        ranks: 1-based CMC positions to report (capped at the CMC length).
 
     Returns:
-        int64 (Q, k), nearest first; -1 pads rows with fewer than k kept items.
+        {'mAP': ..., 'rank1': ..., 'rank5': ..., 'rank10': ..., 'mINP': ...}, floats in [0, 1].
+    """
+    cmc = result["cmc"]
+    return {"mAP": float(result["mAP"]),
+            **{f"rank{k}": float(cmc[min(k, len(cmc)) - 1]) for k in ranks},
+            "mINP": float(result["mINP"])}
+
+
+def top_matches(distances: np.ndarray, q_pids, q_camids, g_pids, g_camids, k: int) -> np.ndarray:
+    """The k nearest gallery indices of each query, same-pid-same-camera items removed.
+
+    Meant for a few rows (rank lists), e.g. pairwise_distance of the chosen queries.
+
+    Args:
+        distances: (n, G) distances of n queries.
+        q_pids, q_camids: int (n,) query identities and cameras.
+        g_pids, g_camids: int (G,) gallery identities and cameras.
+        k: matches per query.
+
+    Returns:
+        int64 (n, k), nearest first (ties by gallery index); -1 pads rows with fewer than k
+        kept items.
     """
     junk = ((np.asarray(g_pids)[None, :] == np.asarray(q_pids)[:, None])
             & (np.asarray(g_camids)[None, :] == np.asarray(q_camids)[:, None]))
-    dist = np.where(junk, np.inf, distmat)
-    k_avail = min(k, dist.shape[1])
-    nearest = np.argpartition(dist, k_avail - 1, axis=1)[:, :k_avail]
-    order = np.argsort(np.take_along_axis(dist, nearest, 1), axis=1, kind="stable")
-    nearest = np.take_along_axis(nearest, order, 1)
-    nearest[np.isinf(np.take_along_axis(dist, nearest, 1))] = -1
-    return np.pad(nearest, ((0, 0), (0, k - k_avail)), constant_values=-1)
+    dist = np.where(junk, np.inf, distances)
+    order = np.argsort(dist, axis=1, kind="stable")[:, :k]
+    order[np.isinf(np.take_along_axis(dist, order, 1))] = -1
+    return np.pad(order, ((0, 0), (0, k - order.shape[1])), constant_values=-1)
 
 
-def _check_shapes(shape, q_pids, g_pids, q_camids, g_camids) -> None:
-    num_q, num_g = shape
-    if len(q_pids) != num_q or len(q_camids) != num_q:
-        raise ValueError(f"{num_q} query rows but {len(q_pids)} query pids / {len(q_camids)} camids")
-    if len(g_pids) != num_g or len(g_camids) != num_g:
-        raise ValueError(f"{num_g} gallery columns but {len(g_pids)} gallery pids / "
-                         f"{len(g_camids)} camids")
+def _check_features(query_features, gallery_features, metric: str):
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
+    query = np.asarray(query_features, np.float32)
+    gallery = np.asarray(gallery_features, np.float32)
+    if query.ndim != 2 or gallery.ndim != 2 or query.shape[1] != gallery.shape[1]:
+        raise ValueError(f"features must be (Q, D) and (G, D); got {query.shape} and "
+                         f"{gallery.shape}")
+    return query, gallery

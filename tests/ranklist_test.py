@@ -1,42 +1,83 @@
-"""Tests for mlc_tf.ranklist: layout, frame colours and files written."""
+"""Tests for mlc_tf.ranklist: layout, frame colours, removed items and the files written."""
 
 import collections
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mlc_tf import ranklist
 
 Sample = collections.namedtuple("Sample", "path pid camid")
+CELL = (32, 16)
+GAP = ranklist.GAP
 
 
 def _write_image(path, value):
     path = str(path)
-    tf.io.write_file(path, tf.io.encode_png(np.full((16, 8, 3), value, np.uint8)))
+    tf.io.write_file(path, tf.io.encode_png(np.full((20, 10, 3), value, np.uint8)))
     return path
 
 
-def test_ranklist_frames_and_size(tmp_path):
+def _cell_x(position):
+    """Left edge of the picture at `position` (0 = query, 1 = best match)."""
+    return GAP if position == 0 else GAP + CELL[1] + 3 * GAP + (position - 1) * (CELL[1] + GAP)
+
+
+def test_ranklist_image_layout_and_frames(tmp_path):
     query = _write_image(tmp_path / "q.png", 100)
     matches = [_write_image(tmp_path / f"g{i}.png", 100) for i in range(3)]
-    picture = ranklist.ranklist_image(query, 7, matches, [7, 3, 7], cell_size=(32, 16))
-    gap = ranklist._GAP
-    assert picture.shape == (32 + 2 * gap, gap + 16 + 3 * gap + 3 * 16 + 2 * gap + gap, 3)
-    # Top-left pixel of each match frame: green, red, green.
-    first_match_x = gap + 16 + 3 * gap
-    colours = [tuple(picture[gap, first_match_x + i * (16 + gap)]) for i in range(3)]
-    assert colours == [ranklist.GREEN, ranklist.RED, ranklist.GREEN]
-    # Inside the frame the picture itself shows.
-    assert tuple(picture[gap + 10, first_match_x + 8]) == (100, 100, 100)
+    picture = ranklist.ranklist_image(query, 7, matches + [None], [7, 3, 7, None], cell_size=CELL)
+    assert picture.dtype == np.uint8
+    assert picture.shape == (CELL[0] + 2 * GAP, 5 * CELL[1] + 8 * GAP, 3)
+    assert tuple(picture[GAP, _cell_x(0)]) == ranklist.QUERY_FRAME
+    assert [tuple(picture[GAP, _cell_x(i)]) for i in (1, 2, 3)] == [
+        ranklist.GREEN, ranklist.RED, ranklist.GREEN]
+    # Frames run round the whole border; inside them the picture shows.
+    x = _cell_x(2)
+    assert tuple(picture[GAP + CELL[0] - 1, x + CELL[1] - 1]) == ranklist.RED
+    assert tuple(picture[GAP + CELL[0] // 2, x + CELL[1] // 2]) == (100, 100, 100)
+    # Gaps and the blank fourth cell stay white.
+    assert (picture[:GAP] == 255).all()
+    assert (picture[:, _cell_x(1) - 3 * GAP:_cell_x(1)] == 255).all()
+    assert (picture[:, _cell_x(4):] == 255).all()
 
 
-def test_write_ranklists_skips_missing_matches(tmp_path):
-    queries = [Sample(_write_image(tmp_path / f"q{i}.png", 50), i, 0) for i in range(4)]
-    gallery = [Sample(_write_image(tmp_path / f"g{i}.png", 200), i % 2, 1) for i in range(5)]
-    topk = np.array([[0, 1, -1], [1, 2, 3], [4, -1, -1], [0, 1, 2]])
-    written = ranklist.write_ranklists(str(tmp_path / "out"), topk, queries, gallery,
-                                       num_queries=2, cell_size=(32, 16))
-    assert [p.rsplit("/", 1)[1] for p in written] == ["query_00000_pid0.png", "query_00003_pid3.png"]
+def test_write_ranklists_ranks_and_removes_same_camera_matches(tmp_path):
+    queries = [Sample(_write_image(tmp_path / "q0.jpg.png", 50), 1, 0),
+               Sample(_write_image(tmp_path / "q1.png", 60), 2, 0)]
+    values = [10, 20, 30, 40, 200]
+    pids_cams = [(1, 0), (2, 1), (1, 1), (3, 2), (2, 0)]
+    gallery = [Sample(_write_image(tmp_path / f"g{i}.png", v), pid, cam)
+               for i, (v, (pid, cam)) in enumerate(zip(values, pids_cams))]
+    distances = np.array([[0.1, 0.2, 0.3, 0.4, 0.5],
+                          [0.5, 0.4, 0.3, 0.2, 0.1]])
+    written = ranklist.write_ranklists(str(tmp_path / "out"), distances, queries, gallery, topk=4,
+                                       cell_size=CELL)
+    assert [p.rsplit("/", 1)[1] for p in written] == ["000_q0.jpg.png", "001_q1.png"]
     first = tf.io.decode_png(tf.io.read_file(written[0])).numpy()
-    last = tf.io.decode_png(tf.io.read_file(written[1])).numpy()
-    assert first.shape[1] < last.shape[1]  # two matches drawn against three
+    second = tf.io.decode_png(tf.io.read_file(written[1])).numpy()
+    assert first.shape == second.shape == (CELL[0] + 2 * GAP, 5 * CELL[1] + 8 * GAP, 3)
+    middle = GAP + CELL[0] // 2
+
+    def shown(picture):
+        return [(int(picture[middle, _cell_x(i) + CELL[1] // 2, 0]),
+                 tuple(picture[GAP, _cell_x(i)])) for i in (1, 2, 3, 4)]
+
+    # Query 0 (pid 1, cam 0): g0 (pid 1, cam 0) is removed -> g1 red, g2 green, g3 red, g4 red.
+    assert shown(first) == [(20, ranklist.RED), (30, ranklist.GREEN), (40, ranklist.RED),
+                            (200, ranklist.RED)]
+    # Query 1 (pid 2, cam 0): g4 (pid 2, cam 0) is removed -> g3, g2, g1 (pid 2: green), g0.
+    assert shown(second) == [(40, ranklist.RED), (30, ranklist.RED), (20, ranklist.GREEN),
+                             (10, ranklist.RED)]
+
+
+def test_write_ranklists_rejects_mismatched_rows(tmp_path):
+    query = Sample(_write_image(tmp_path / "q.png", 0), 1, 0)
+    with pytest.raises(ValueError, match="one row per query"):
+        ranklist.write_ranklists(str(tmp_path), np.zeros((2, 1)), [query], [query])
+
+
+def test_choose_queries():
+    np.testing.assert_array_equal(ranklist.choose_queries(10, 3), [0, 4, 9])
+    np.testing.assert_array_equal(ranklist.choose_queries(2, 5), [0, 1])
