@@ -94,6 +94,15 @@ def test_random_erasing_fills_one_rectangle_with_the_mean():
     assert min(aspects) < 1.0 < max(aspects)
 
 
+def test_random_erasing_leaves_the_image_when_no_rectangle_fits():
+    # One pixel wide: an erased width must be < 1, i.e. 0, which needs area/aspect < 0.25
+    # pixels; the smallest draw is 2 % of 64 pixels / 3.33 = 0.38, so no draw fits.
+    image = _random_image(64, 1)
+    for i in range(5):
+        out = augment.random_erasing(tf.constant(image), _seed(i)).numpy()
+        np.testing.assert_array_equal(out, image)
+
+
 def test_erasing_probability_switch():
     image = np.zeros((32, 16, 3), np.float32)
     never = AugmentConfig(**{**OFF, "random_erasing": 0.0})

@@ -102,17 +102,35 @@ def test_pk_dataset_labels_outliers_and_distinct_indices(images):
                                        num_instances=2, batch_size=6, image_size=SIZE, seed=3,
                                        epoch=2, augment=NO_AUGMENT, camera_aware=True)
     assert dataset.cardinality() == pipeline.pk_steps_per_epoch(labels, 6) == 3
-    count = 0
+    seen = []
     for batch in dataset:
         assert set(batch) == {"image", "index", "camid", "label"}
         index = batch["index"].numpy()
         assert batch["label"].dtype == tf.int32 and len(set(index)) == 6
         np.testing.assert_array_equal(batch["label"].numpy(), labels[index - 500])
+        np.testing.assert_array_equal(batch["camid"].numpy(), (index - 500) % 2)
         assert np.all(batch["label"].numpy() >= 0)
         for image, i in zip(batch["image"].numpy(), index):
             assert _grey_of(image) == i - 500
-        count += 1
-    assert count == 3
+        seen.extend(index.tolist())
+    # 18 labelled samples in 3 batches of 6: each exactly once.
+    assert sorted(seen) == [500 + i for i in np.flatnonzero(labels >= 0)]
+
+
+def test_pk_dataset_is_reproducible_and_changes_with_epoch(images):
+    labels = np.repeat(np.arange(5), 4)
+
+    def run(epoch):
+        batches = pipeline.make_pk_dataset(images, [0] * 20, range(20), labels, num_instances=4,
+                                           batch_size=8, image_size=SIZE, seed=5, epoch=epoch,
+                                           augment=AugmentConfig())
+        return [(b["index"].numpy(), b["image"].numpy()) for b in batches]
+
+    first, again, other = run(0), run(0), run(1)
+    for (index, image), (index_again, image_again) in zip(first, again):
+        np.testing.assert_array_equal(index, index_again)
+        np.testing.assert_array_equal(image, image_again)
+    assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
 
 
 def test_errors(images):
@@ -130,9 +148,23 @@ def test_errors(images):
                                  augment=NO_AUGMENT)
 
 
-def test_corrupt_image_fails_iteration(tmp_path, images):
-    # Documented behaviour: decoding fails loudly; mlc_tf.data.datasets names the file up front.
-    bad = tmp_path / "bad.jpg"
-    bad.write_bytes(b"\xff\xd8 not a jpeg")
-    with pytest.raises(tf.errors.InvalidArgumentError):
-        list(pipeline.make_eval_dataset([images[0], str(bad)], SIZE, 2))
+def test_corrupt_image_error_names_the_file(tmp_path, images):
+    for i, content in enumerate([b"", b"not an image at all", b"\xff\xd8\xff\xe0 cut"]):
+        bad = tmp_path / f"broken_{i}.jpg"
+        bad.write_bytes(content)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=f"broken_{i}.jpg"):
+            list(pipeline.make_eval_dataset([images[0], str(bad)], SIZE, 2))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="broken_2.jpg"):
+        list(_train(images[:5] + [str(bad)], batch_size=2))
+
+
+def test_truncated_jpeg_is_named_but_padding_after_the_end_marker_is_fine(tmp_path, images):
+    with open(images[0], "rb") as f:
+        data = f.read()
+    padded, truncated = tmp_path / "padded.jpg", tmp_path / "truncated.jpg"
+    padded.write_bytes(data + b"\0" * 100)
+    truncated.write_bytes(data[:len(data) // 2])
+    image = pipeline.load_image(tf.constant(str(padded)), SIZE)
+    np.testing.assert_array_equal(image, pipeline.load_image(tf.constant(images[0]), SIZE))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="truncated.jpg"):
+        pipeline.load_image(tf.constant(str(truncated)), SIZE)

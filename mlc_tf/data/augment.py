@@ -10,6 +10,8 @@ import tensorflow as tf
 # Per-channel ImageNet mean in the [0, 255] RGB input space: the random-erasing fill (spec A18).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 CROP_STYLES = ("resized", "pad", "none")
+# ITU-R 601 luma, the weights PIL's convert('L') uses (torchvision's jitter works on it).
+_LUMA = (0.299, 0.587, 0.114)
 # Candidate draws per image for the rectangle searches; MMCL's crop tries 10 times, Zhong's
 # erasing up to 100, but with these ranges a valid rectangle is almost always among the first few.
 _CROP_TRIES = 10
@@ -138,8 +140,9 @@ def rotate(image: tf.Tensor, degrees: tf.Tensor) -> tf.Tensor:
 
 
 def _gray(image: tf.Tensor) -> tf.Tensor:
-    # ITU-R 601 luma, the weights PIL's convert('L') uses (torchvision's jitter works on it).
-    return tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+    # A (pixels, 3) x (3, 1) matmul: about 3x faster here than a multiply and a channel sum.
+    gray = tf.matmul(tf.reshape(image, [-1, 3]), tf.constant(_LUMA, shape=(3, 1)))
+    return tf.reshape(gray, tf.concat([tf.shape(image)[:-1], [1]], axis=0))
 
 
 def adjust_colour(image: tf.Tensor, brightness: tf.Tensor | float, contrast: tf.Tensor | float,
@@ -147,10 +150,10 @@ def adjust_colour(image: tf.Tensor, brightness: tf.Tensor | float, contrast: tf.
     """Scales brightness, then contrast (about the mean grey level), then saturation (about each
     pixel's grey value), as torchvision's adjust_* do, clipping to [0, 255] after each."""
     image = tf.clip_by_value(image * brightness, 0.0, 255.0)
-    mean = tf.reduce_mean(_gray(image))
-    image = tf.clip_by_value((image - mean) * contrast + mean, 0.0, 255.0)
-    gray = _gray(image)
-    return tf.clip_by_value((image - gray) * saturation + gray, 0.0, 255.0)
+    # The mean grey level is the grey level of the mean colour (luma is linear).
+    mean = tf.tensordot(tf.reduce_mean(image, axis=[0, 1]), tf.constant(_LUMA), 1)
+    image = tf.clip_by_value(image * contrast + (1.0 - contrast) * mean, 0.0, 255.0)
+    return tf.clip_by_value(image * saturation + (1.0 - saturation) * _gray(image), 0.0, 255.0)
 
 
 def color_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
@@ -179,10 +182,11 @@ def random_erasing(image: tf.Tensor, seed: tf.Tensor,
     found, h, w = _first_fit(heights, widths, (heights < height) & (widths < width))
     offsets = _uniform(seeds[1], [2])
     top, left = _offset(offsets[0], height - h), _offset(offsets[1], width - w)
-    rows = tf.range(height)[:, tf.newaxis]
-    cols = tf.range(width)[tf.newaxis, :]
-    inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w) & found
-    return tf.where(inside[..., tf.newaxis], tf.constant(fill, tf.float32), image)
+    h, w = tf.where(found, h, 0), tf.where(found, w, 0)  # an empty rectangle: no change
+    # Writing only the rectangle is about 4x faster here than a whole-image select.
+    return tf.raw_ops.TensorStridedSliceUpdate(
+        input=image, begin=tf.stack([top, left, 0]), end=tf.stack([top + h, left + w, 3]),
+        strides=[1, 1, 1], value=tf.broadcast_to(tf.constant(fill, tf.float32), [h, w, 3]))
 
 
 def augment_image(image: tf.Tensor, seed: tf.Tensor, image_size: tuple[int, int],

@@ -1,8 +1,10 @@
 """tf.data input pipelines: in-order evaluation, seeded one-epoch training and PK batches.
 
-Images are decoded inside the graph. A corrupt file makes iteration fail with TensorFlow's decode
-error, which does not name the file; the dataset readers name it (mlc_tf.data.datasets,
-`verify_images=True` / `skip_corrupt=True`), so check images there before a long run.
+Images are decoded inside the graph. Before decoding, a cheap check of the file's signature (and,
+for JPEG, of its end-of-image marker) makes iteration fail with an InvalidArgumentError naming
+the file when it is empty, truncated or not an image; damage inside a complete file still fails
+with TensorFlow's decode error, which does not name it. The dataset readers check every image
+up front (mlc_tf.data.datasets, `verify_images=True` / `skip_corrupt=True`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,34 @@ __all__ = ["AugmentConfig", "load_image", "make_eval_dataset", "make_train_datas
 
 # Stream tags mixed into the NumPy seeds so the two samplers never share a random stream.
 _ORDER_STREAM, _PK_STREAM = 0, 1
+# Leading bytes of the formats tf.io.decode_image reads (JPEG XL aside).
+_JPEG = b"\xff\xd8\xff"
+_OTHER_SIGNATURES = (b"\x89PNG", b"GIF8", b"BM", b"RIFF")
+# A complete JPEG ends with the FF D9 marker, possibly followed by padding. Entropy-coded data
+# never holds FF D9, so a truncated file has none in its tail. The window is wider than the
+# 64 bytes mlc_tf.data.datasets looks at, so every file the reader accepts passes here too.
+_JPEG_TAIL_BYTES = 1024
+
+
+def _read_checked(path: tf.Tensor) -> tf.Tensor:
+    """The bytes of an image file, with an assertion naming the file if they are not an image."""
+    contents = tf.io.read_file(path)
+    known = tf.reduce_any([tf.strings.substr(contents, 0, len(sig)) == sig
+                           for sig in _OTHER_SIGNATURES])
+    tail_start = tf.maximum(tf.strings.length(contents) - _JPEG_TAIL_BYTES, 0)
+    tail = tf.io.decode_raw(tf.strings.substr(contents, tail_start, _JPEG_TAIL_BYTES), tf.uint8)
+    complete_jpeg = (tf.strings.substr(contents, 0, len(_JPEG)) == _JPEG) & tf.reduce_any(
+        (tail[:-1] == 0xFF) & (tail[1:] == 0xD9))
+    check = tf.debugging.Assert(
+        known | complete_jpeg,
+        ["empty, truncated or corrupt image file (not a complete JPEG, PNG, GIF, BMP or WebP):",
+         path])
+    with tf.control_dependencies([check]):
+        return tf.identity(contents)
 
 
 def _decode(path: tf.Tensor) -> tf.Tensor:
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    return tf.io.decode_image(_read_checked(path), channels=3, expand_animations=False)
 
 
 def load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
@@ -143,15 +169,16 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
                     camera_aware: bool = False) -> tf.data.Dataset:
     """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
 
-    No sample appears twice in a batch and every batch has exactly batch_size samples;
-    pk_steps_per_epoch() batches come out.
+    No sample appears twice in a batch, every batch has exactly batch_size samples, and every
+    labelled sample appears once per epoch (the last batch is topped up with samples of the
+    first); pk_steps_per_epoch() batches come out.
 
     Args:
         paths, camids, indices: as make_train_dataset.
         pseudo_labels: (N,) cluster of each sample, -1 for outliers (never sampled).
         num_instances: K, instances per cluster in a batch.
         batch_size, image_size, seed, epoch, augment: as make_train_dataset.
-        camera_aware: prefer instances from other cameras within a cluster.
+        camera_aware: mix cameras within each cluster's group of a batch.
 
     Returns:
         Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
