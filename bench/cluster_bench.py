@@ -1,0 +1,139 @@
+"""Wall time, peak memory and quality of `assign_pseudo_labels` on synthetic clustered features.
+
+Usage:
+  python bench/cluster_bench.py [--sizes=12936x2048,32621x6144,100000x256] [--backend=auto]
+  python bench/cluster_bench.py --compare=16522x2048   # ARI(approximate labels, exact labels)
+
+Each size runs in its own subprocess so that its peak resident memory (ru_maxrss, features
+included) is its own. The generator is fixed: identities of ~20 images seen by 2-6 of 8 cameras,
+a per-camera bias, look-alike identities (families of 4 around a shared parent), structure in a
+128-d latent space embedded in d dimensions plus isotropic noise in all d.
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_SIZES = ("12936x2048,16522x2048,32621x2048,12936x6144,16522x6144,32621x6144,"
+                 "100000x256,1000000x256")
+LATENT = 128
+
+
+def make_features(n: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, dim) unit-norm float32 features and their true identities."""
+    rng = np.random.default_rng(seed)
+    num_ids = max(1, n // 20)
+    parents = rng.standard_normal((num_ids // 4 + 1, LATENT))
+    centres = parents[np.arange(num_ids) // 4] + 0.7 * rng.standard_normal((num_ids, LATENT))
+    cam_bias = 0.6 * rng.standard_normal((8, LATENT))
+    ids = np.concatenate([np.arange(num_ids), rng.integers(0, num_ids, n - num_ids)])
+    ids = rng.permutation(ids)  # Points arrive in no particular order, as in a dataset.
+    views = np.stack([rng.permutation(8)[:6] for _ in range(num_ids)])
+    num_views = rng.integers(2, 7, num_ids)
+    cams = views[ids, (rng.random(n) * num_views[ids]).astype(int)]
+    embed = (rng.standard_normal((LATENT, dim)) / np.sqrt(LATENT)).astype(np.float32)
+    x = np.empty((n, dim), np.float32)
+    for start in range(0, n, 8192):  # In chunks: the generator must not dominate peak memory.
+        part = slice(start, min(n, start + 8192))
+        latent = centres[ids[part]] + cam_bias[cams[part]]
+        latent += 0.7 * rng.standard_normal(latent.shape)
+        block = latent.astype(np.float32) @ embed
+        block += (0.8 * np.sqrt(LATENT / dim)) * rng.standard_normal(block.shape, np.float32)
+        x[part] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return x, ids
+
+
+def _ari(truth: np.ndarray, labels: np.ndarray) -> float:
+    """ARI with each outlier as its own singleton cluster (outliers are not one big cluster)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    singletons = np.where(labels < 0, labels.max() + 1 + np.arange(len(labels)), labels)
+    return float(adjusted_rand_score(truth, singletons))
+
+
+def run_one(n: int, dim: int, backend: str) -> dict:
+    from mlc_tf.clustering import assign_pseudo_labels
+
+    x, ids = make_features(n, dim)
+    base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    labels, stats = assign_pseudo_labels(x, knn_backend=backend, verbose=True)
+    seconds = time.perf_counter() - start
+    return {"n": n, "dim": dim, "backend": stats["knn_backend"],
+            "neighbours_s": stats["seconds_neighbours"], "jaccard_s": stats["seconds_jaccard"],
+            "dbscan_s": stats["seconds_clustering"], "total_s": seconds,
+            "features_mib": x.nbytes / 2 ** 20, "base_mib": base_mib,
+            "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "true_ids": int(len(np.unique(ids))), "clusters": stats["num_clusters"],
+            "outliers": stats["outlier_fraction"], "ari": _ari(ids, labels)}
+
+
+def compare(n: int, dim: int, backend: str) -> dict:
+    """Labels from approximate neighbours against labels from exact neighbours."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from mlc_tf.clustering import assign_pseudo_labels, jaccard, knn
+
+    x, ids = make_features(n, dim)
+    exact = knn.neighbours(x, jaccard.required_list_length(20), "exact")
+    start = time.perf_counter()
+    approx = knn.neighbours(x, jaccard.required_list_length(20), backend)
+    approx_s = time.perf_counter() - start
+    recall = np.mean([len(np.intersect1d(a, e)) / len(e)
+                      for a, e in zip(approx.indices, exact.indices)])
+    exact_labels, _ = assign_pseudo_labels(x, knn_backend="exact")
+    approx_labels, _ = assign_pseudo_labels(x, knn_backend=backend)
+    return {"n": n, "dim": dim, "backend": backend, "neighbours_s": approx_s,
+            "recall@21": float(recall),
+            "row_max_rel_err": float(np.max(1 - approx.row_max / exact.row_max)),
+            "ari_approx_vs_exact": float(adjusted_rand_score(exact_labels, approx_labels)),
+            "ari_exact_vs_truth": _ari(ids, exact_labels),
+            "ari_approx_vs_truth": _ari(ids, approx_labels)}
+
+
+def _parse(size: str) -> tuple[int, int]:
+    n, dim = size.lower().split("x")
+    return int(n), int(dim)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma-separated NxD")
+    parser.add_argument("--backend", default="auto", help="auto, exact, projected, pynndescent")
+    parser.add_argument("--compare", help="NxD: ARI of approximate vs exact neighbours")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_one(*_parse(args.one), args.backend)), flush=True)
+        return
+    if args.compare:
+        backend = "pynndescent" if args.backend == "auto" else args.backend
+        print(json.dumps(compare(*_parse(args.compare), backend)), flush=True)
+        return
+    rows = []
+    for size in args.sizes.split(","):
+        proc = subprocess.run([sys.executable, __file__, f"--one={size}",
+                               f"--backend={args.backend}"], capture_output=True, text=True)
+        found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        if not found:
+            print(f"{size}: failed\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}", flush=True)
+            continue
+        rows.append(json.loads(found[0][len("RESULT "):]))
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| N | d | backend | neighbours s | Jaccard s | DBSCAN s | total s | peak RSS MiB "
+          "(features) | ids | clusters | outliers | ARI |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['n']:,} | {r['dim']:,} | {r['backend']} | {r['neighbours_s']:.1f} | "
+              f"{r['jaccard_s']:.1f} | {r['dbscan_s']:.1f} | {r['total_s']:.1f} | "
+              f"{r['peak_mib']:,.0f} ({r['features_mib']:,.0f}) | {r['true_ids']:,} | "
+              f"{r['clusters']:,} | {100 * r['outliers']:.1f}% | {r['ari']:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

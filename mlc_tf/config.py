@@ -1,0 +1,324 @@
+"""Frozen run configuration of MLC training (spec §7.4 defaults), with JSON and flag mapping."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from absl import flags
+
+
+def _field(default, help_text: str, choices: tuple[str, ...] | None = None):
+    """A dataclass field whose metadata also drives the command-line flag of the same name."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Dataset, input size, batching and augmentation."""
+
+    dataset: str = _field("synthetic", "Dataset name (mlc_tf.data.datasets.names()).")
+    data_dir: str = _field("data", "Folder holding the datasets (and the synthetic cache).")
+    dataset_options: tuple[str, ...] = _field(
+        (), "Extra key=value options for datasets.create, e.g. num_ids=64,images_per_id=12.")
+    image_size: tuple[int, int] = _field((256, 128), "Input height,width.")
+    batch_size: int = _field(128, "Global training batch (all replicas together).")
+    num_instances: int = _field(4, "K of the PK sampler in the SC phase (P = batch_size / K).")
+    camera_aware_sampler: bool = _field(False, "PK sampler prefers instances from other cameras.")
+    eval_batch_size: int = _field(128, "Batch size of feature extraction.")
+    crop: str = _field("resized", "Training crop: MMCL 'resized' crop, 'pad' (pad 10 + crop) "
+                       "or 'none'.", ("resized", "pad", "none"))
+    flip: float = _field(0.5, "Horizontal-flip probability.")
+    random_erasing: float = _field(0.5, "Random-erasing probability.")
+    color_jitter: float = _field(0.2, "Brightness/contrast/saturation jitter strength (0 = off).")
+    rotation: float = _field(10.0, "Random rotation range in degrees (0 = off).")
+
+    def options(self) -> dict[str, Any]:
+        """dataset_options as a dict, with ints, floats and booleans converted."""
+        return parse_key_values(self.dataset_options)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Network options (spec §3)."""
+
+    backbone: str = _field("resnet50", "Backbone network.", ("resnet50", "resnet18"))
+    multiscale: bool = _field(True, "Global + upper + lower features; false = 'w/o MN' ablation.")
+    pooling: str = _field("avg", "Pooling of every branch (spec A1).", ("avg", "max"))
+    pretrained: str = _field("imagenet", "'none', 'imagenet' or a ResNet50 weights file.")
+    synchronized_bn: bool = _field(
+        True, "Sync BatchNorm statistics across replicas (one-replica-equivalent training).")
+    eval_feature: str = _field("pooled", "Feature evaluated and exported: pre-BN 'pooled' or "
+                               "after-BN 'neck' (spec A15).", ("pooled", "neck"))
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Multi-label (MPLP + MMCL) and pseudo-label (CE + triplet) losses (spec §5, §6.5)."""
+
+    mplp_threshold: float = _field(0.6, "MPLP similarity threshold t.")
+    mplp_min_candidates: int = _field(10, "MPLP minimum number of candidates examined.")
+    mplp_max_candidates: int = _field(64, "MPLP static cap on candidates (and positives).")
+    mplp_quirk: bool = _field(True, "MPLP accepts the second candidate unchecked, as the MMCL "
+                              "code does (spec A21).")
+    hard_negative_ratio: float = _field(0.01, "MMCL ratio r of hardest negatives kept.")
+    delta: float = _field(5.0, "MMCL weight delta of the positive term (spec A3).")
+    warmup_epochs: int = _field(6, "Epochs with one-hot (own-slot) targets before MPLP (A8).")
+    max_alpha: float = _field(0.5, "Memory momentum alpha grows linearly from 0 to this.")
+    lambda_mmcl: float = _field(0.3, "Weight of the MMCL loss in the joint phase (lambda1).")
+    lambda_sc: float = _field(1.0, "Weight of CE + triplet in the joint phase (lambda2).")
+    label_smoothing: float = _field(0.1, "Label-smoothing epsilon of the pseudo-label CE.")
+    triplet_margin: float = _field(0.0, "Batch-hard triplet margin (spec A4).")
+    triplet_soft: bool = _field(False, "Soft-margin triplet log(1 + exp(d_ap - d_an)).")
+    triplet_feature: str = _field("pooled", "Triplet on pre-BN f_all or its L2-normalised form.",
+                                  ("pooled", "normalized"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    """Self-paced clustering (spec §6)."""
+
+    clustering: str = _field("dbscan", "SC clusterer; 'none' trains the multi-label loss only.",
+                             ("dbscan", "kmeans", "none"))
+    sc_start_epoch: int = _field(15, "First 0-based epoch with self-paced clustering (A9).")
+    recluster_every: int = _field(1, "Re-cluster every this many epochs while SC is on (A10).")
+    cluster_features: str = _field("memory", "Cluster the memory rows or re-extracted features.",
+                                   ("memory", "extract"))
+    k1: int = _field(20, "k-reciprocal neighbours k1.")
+    k2: int = _field(6, "Local query expansion k2.")
+    jaccard_variant: str = _field("zhong", "Weighting of the neighbour vectors (A20).",
+                                  ("zhong", "spcl"))
+    min_samples: int = _field(4, "DBSCAN min_samples.")
+    eps: float = _field(0.6, "DBSCAN eps on the Jaccard distance (eps_mode=fixed).")
+    eps_mode: str = _field("fixed", "Fixed eps or the rho rule at the first clustering (A11).",
+                           ("fixed", "rho"))
+    rho: float = _field(1.6e-3, "rho of the rho rule.")
+    num_clusters: int = _field(500, "Number of k-means clusters (clustering=kmeans).")
+    knn_backend: str = _field("auto", "Nearest-neighbour backend of the Jaccard distance.",
+                              ("auto", "exact", "pynndescent"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser, schedule and loop (spec §7.1)."""
+
+    epochs: int = _field(60, "Number of epochs.")
+    lr: float = _field(0.1, "Learning rate of the new layers (BN neck, classifier).")
+    backbone_lr_mult: float = _field(0.1, "Backbone learning rate = lr * this.")
+    lr_step: int = _field(30, "Divide the learning rates by 1/lr_gamma every this many epochs "
+                          "(paper 30; MMCL code 40).")
+    lr_gamma: float = _field(0.1, "Step-decay factor.")
+    momentum: float = _field(0.9, "SGD momentum.")
+    nesterov: bool = _field(True, "Nesterov momentum.")
+    weight_decay: float = _field(5e-4, "L2 weight decay added to the gradients, PyTorch style.")
+    seed: int = _field(0, "Seed of initialisation, data order, augmentation and clustering.")
+    mixed_precision: bool = _field(False, "Compute in bfloat16 (mixed_bfloat16 policy).")
+    jit_compile: bool = _field(False, "XLA-compile the training step (a GPU option).")
+    steps_per_epoch: int = _field(0, "Cap on steps per epoch (0 = the whole epoch).")
+    eval_every: int = _field(10, "Evaluate on query/gallery every this many epochs (0 = never).")
+    keep_checkpoints: int = _field(3, "Number of epoch checkpoints kept.")
+    export_best_by_test: bool = _field(
+        False, "Also export the epoch with the best test mAP (test-set selection; marked so).")
+    devices: tuple[str, ...] = _field((), "Devices for MirroredStrategy (default: all GPUs, "
+                                      "else the CPU).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a training run depends on."""
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        validate(self)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig,
+                             "cluster": ClusterConfig, "train": TrainConfig}
+
+
+def validate(config: Config) -> None:
+    """Checks choices and ranges.
+
+    Raises:
+        ValueError: naming the first bad option.
+    """
+    for section in SECTIONS:
+        sub = getattr(config, section)
+        for field in dataclasses.fields(sub):
+            choices = field.metadata.get("choices")
+            if choices and getattr(sub, field.name) not in choices:
+                raise ValueError(f"{field.name}={getattr(sub, field.name)!r}; expected one of "
+                                 f"{choices}")
+    data, train = config.data, config.train
+    checks = [
+        (len(data.image_size) == 2 and min(data.image_size) > 0, "image_size must be H,W > 0"),
+        (data.batch_size > 0 and data.eval_batch_size > 0, "batch sizes must be positive"),
+        (data.num_instances > 0 and data.batch_size % data.num_instances == 0,
+         "batch_size must be a multiple of num_instances"),
+        (train.epochs > 0, "epochs must be positive"),
+        (train.lr > 0 and train.backbone_lr_mult >= 0, "lr must be > 0, backbone_lr_mult >= 0"),
+        (train.lr_step > 0, "lr_step must be positive"),
+        (train.weight_decay >= 0, "weight_decay must be >= 0"),
+        (train.steps_per_epoch >= 0 and train.eval_every >= 0,
+         "steps_per_epoch and eval_every must be >= 0"),
+        (train.keep_checkpoints > 0, "keep_checkpoints must be positive"),
+        (config.cluster.recluster_every > 0, "recluster_every must be positive"),
+        (config.cluster.num_clusters > 1, "num_clusters must be > 1"),
+        (config.loss.warmup_epochs >= 0 and config.cluster.sc_start_epoch >= 0,
+         "warmup_epochs and sc_start_epoch must be >= 0"),
+        (0.0 <= config.loss.max_alpha < 1.0, "max_alpha must be in [0, 1)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    parse_key_values(data.dataset_options)
+
+
+def parse_key_values(items) -> dict[str, Any]:
+    """['a=1', 'b=x', 'c=true'] -> {'a': 1, 'b': 'x', 'c': True}.
+
+    Raises:
+        ValueError: an item without '='.
+    """
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"dataset option {item!r} is not key=value")
+        parsed[key.strip()] = _scalar(value.strip())
+    return parsed
+
+
+def _scalar(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (tuples become lists), ready for json.dumps."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(values: Mapping[str, Mapping[str, Any]]) -> Config:
+    """Inverse of to_dict. Missing entries take their defaults.
+
+    Raises:
+        ValueError: an unknown section or option, or a value failing validation.
+    """
+    unknown = set(values) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown config sections {sorted(unknown)}")
+    return Config(**{name: _build(cls, values.get(name, {})) for name, cls in SECTIONS.items()})
+
+
+def from_flat(values: Mapping[str, Any]) -> Config:
+    """Builds a Config from {option name: value} (option names are unique across sections).
+
+    Raises:
+        ValueError: an unknown option, or a value failing validation.
+    """
+    owner = {f.name: section for section, cls in SECTIONS.items()
+             for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(owner)
+    if unknown:
+        raise ValueError(f"unknown options {sorted(unknown)}")
+    nested: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
+    for name, value in values.items():
+        nested[owner[name]][name] = value
+    return from_dict(nested)
+
+
+def save_json(config: Config, path: str) -> None:
+    """Writes the resolved config as indented JSON."""
+    with open(path, "w") as handle:
+        json.dump(to_dict(config), handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def load_json(path: str) -> Config:
+    """Reads a config written by save_json."""
+    with open(path) as handle:
+        return from_dict(json.load(handle))
+
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    """Defines one absl flag per option, with its default, help and choices, on flag_values."""
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+              str: flags.DEFINE_string}
+    for name, default, kind, help_text, choices in option_specs():
+        if choices:
+            flags.DEFINE_enum(name, default, choices, help_text, flag_values=flag_values)
+        elif kind is tuple:
+            flags.DEFINE_list(name, [str(v) for v in default], help_text,
+                              flag_values=flag_values)
+        else:
+            define[kind](name, default, help_text, flag_values=flag_values)
+
+
+def from_flag_values(flag_values: flags.FlagValues) -> Config:
+    """Config from parsed flags defined by define_flags.
+
+    Raises:
+        ValueError: a value failing validation.
+    """
+    return from_flat({name: flag_values[name].value for name, *_ in option_specs()})
+
+
+def option_specs() -> list[tuple[str, Any, type, str, tuple[str, ...] | None]]:
+    """(name, default, base type, help, choices) of every option, for defining flags.
+
+    The base type is bool, int, float, str, or tuple for list-valued options.
+    """
+    specs = []
+    for cls in SECTIONS.values():
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            kind = _base_type(hints[field.name])
+            specs.append((field.name, field.default, kind, field.metadata["help"],
+                          field.metadata.get("choices")))
+    return specs
+
+
+def _base_type(hint) -> type:
+    origin = typing.get_origin(hint)
+    if origin in (tuple, list):
+        return tuple
+    if origin in (typing.Union, types.UnionType):
+        return _base_type(next(a for a in typing.get_args(hint) if a is not type(None)))
+    return hint
+
+
+def _build(cls: type, values: Mapping[str, Any]):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} options {sorted(unknown)}")
+    kwargs = {}
+    for name, value in values.items():
+        kind = _base_type(hints[name])
+        if kind is tuple:
+            item = typing.get_args(hints[name])[0]
+            kwargs[name] = tuple(item(v) for v in value)
+        elif kind is float:
+            kwargs[name] = float(value)
+        elif kind in (int, bool) and not isinstance(value, kind):
+            raise ValueError(f"{name}={value!r} is not {kind.__name__}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)

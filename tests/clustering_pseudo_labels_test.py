@@ -1,0 +1,113 @@
+"""Tests of DBSCAN / k-means pseudo labels and the degenerate inputs."""
+
+import numpy as np
+import pytest
+import sklearn.cluster
+
+from mlc_tf.clustering import assign_pseudo_labels, cluster, dense, jaccard, knn
+
+
+def _clustered(n, dim=32, ids=30, seed=0, noise=0.5):
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, ids, n)
+    x = rng.standard_normal((ids, dim))[truth] + noise * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def test_dbscan_sparse_equals_dense_labels():
+    x, _ = _clustered(800, noise=0.9, seed=4)
+    reference = dense.dense_jaccard_distance(x)
+    nbrs = knn.neighbours(x, 21, "exact")
+    for eps in (0.3, 0.5, 0.6):
+        sparse = jaccard.sparse_jaccard(x, nbrs, max_distance=eps)
+        dense_labels = sklearn.cluster.DBSCAN(eps=eps, min_samples=4,
+                                              metric="precomputed").fit_predict(reference)
+        labels = cluster.dbscan(sparse, eps)
+        np.testing.assert_array_equal(labels, dense_labels)
+        assert len(set(labels)) > 2
+
+
+def test_rho_eps_equals_dense_rule():
+    x, _ = _clustered(500, noise=0.8)
+    reference = dense.dense_jaccard_distance(x)
+    upper = np.triu(reference, 1)
+    values = np.sort(upper[upper > 1e-6])  # Zeros up to rounding count as zeros.
+    expected = values[:int(np.round(1.6e-3 * values.size))].mean()
+    sparse = jaccard.sparse_jaccard(x, knn.neighbours(x, 21, "exact"))
+    assert cluster.rho_eps(sparse, 1.6e-3) == pytest.approx(expected, abs=1e-6)
+    labels, stats = assign_pseudo_labels(x, eps_mode="rho", knn_backend="exact")
+    assert stats["eps"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_recovers_identities_and_reports_stats():
+    x, truth = _clustered(600, ids=20)
+    labels, stats = assign_pseudo_labels(x, knn_backend="exact")
+    assert labels.dtype == np.int64 and labels.shape == (600,)
+    assert stats["num_clusters"] == 20 and stats["eps"] == 0.6
+    assert stats["num_outliers"] == (labels == -1).sum()
+    assert stats["cluster_size_min"] <= stats["cluster_size_median"] <= stats["cluster_size_max"]
+    for key in ("seconds_neighbours", "seconds_jaccard", "seconds_clustering", "seconds"):
+        assert stats[key] >= 0
+    # Each cluster is one identity.
+    for c in range(stats["num_clusters"]):
+        assert len(set(truth[labels == c])) == 1
+
+
+def test_deterministic_and_silent(capsys):
+    x, _ = _clustered(500, noise=0.8)
+    first, _ = assign_pseudo_labels(x, knn_backend="ivf")
+    second, _ = assign_pseudo_labels(x, knn_backend="ivf")
+    np.testing.assert_array_equal(first, second)
+    assert capsys.readouterr().out == ""
+    assign_pseudo_labels(x, knn_backend="exact", verbose=True)
+    printed = capsys.readouterr().out
+    assert "neighbours" in printed and "dbscan" in printed
+
+
+def test_all_outliers():
+    x = np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32)
+    labels, stats = assign_pseudo_labels(x, eps=0.05, knn_backend="exact")
+    assert (labels == -1).all()
+    assert stats["all_outliers"] and stats["num_clusters"] == 0
+    assert stats["outlier_fraction"] == 1.0 and stats["cluster_size_max"] == 0
+
+
+def test_fewer_points_than_k1_and_duplicates():
+    x, _ = _clustered(8, ids=2)
+    labels, stats = assign_pseudo_labels(x, knn_backend="exact")
+    assert labels.shape == (8,) and stats["k1"] == 7 and stats["k2"] == 6
+    one, _ = assign_pseudo_labels(x[:1], knn_backend="exact")
+    np.testing.assert_array_equal(one, [-1])
+    base, _ = _clustered(100, ids=5)
+    twice = np.concatenate([base, base])
+    labels, _ = assign_pseudo_labels(twice, knn_backend="exact")
+    np.testing.assert_array_equal(labels[:100], labels[100:])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_features_raise(bad):
+    x, _ = _clustered(50)
+    x[7, 3] = bad
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        assign_pseudo_labels(x)
+
+
+def test_bad_options_raise():
+    x, _ = _clustered(50)
+    with pytest.raises(ValueError, match="method"):
+        assign_pseudo_labels(x, method="optics")
+    with pytest.raises(ValueError, match="eps"):
+        assign_pseudo_labels(x, eps=1.2)
+    with pytest.raises(ValueError, match="num_clusters"):
+        assign_pseudo_labels(x, method="kmeans")
+    with pytest.raises(ValueError, match="shape"):
+        assign_pseudo_labels(np.zeros((0, 4)))
+
+
+def test_kmeans():
+    x, truth = _clustered(300, ids=6, noise=0.3)
+    labels, stats = assign_pseudo_labels(x, method="kmeans", num_clusters=6, seed=1)
+    again, _ = assign_pseudo_labels(x, method="kmeans", num_clusters=6, seed=1)
+    np.testing.assert_array_equal(labels, again)
+    assert stats["num_clusters"] == 6 and stats["num_outliers"] == 0 and stats["eps"] is None
+    assert labels[0] == 0  # Renumbered by first appearance.

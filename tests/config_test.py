@@ -1,0 +1,139 @@
+"""Tests for mlc_tf.config: spec defaults, validation, JSON, flags and every configs/*.cfg."""
+
+import dataclasses
+import glob
+import os
+
+import pytest
+from absl import flags
+
+from mlc_tf import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.cfg")))
+
+
+def _parse(*argv: str) -> config_lib.Config:
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flags.DEFINE_string("workdir", None, "as bin/train", flag_values=flag_values)
+    flags.DEFINE_integer("stop_after_epoch", None, "as bin/train", flag_values=flag_values)
+    cwd = os.getcwd()
+    os.chdir(REPO)  # nested --flagfile paths resolve against the working directory
+    try:
+        flag_values(["train", *argv])
+    finally:
+        os.chdir(cwd)
+    return config_lib.from_flag_values(flag_values)
+
+
+def test_defaults_are_the_spec_hyperparameters():
+    config = config_lib.Config()
+    assert (config.loss.mplp_threshold, config.loss.mplp_min_candidates) == (0.6, 10)
+    assert (config.loss.hard_negative_ratio, config.loss.delta) == (0.01, 5.0)
+    assert (config.loss.warmup_epochs, config.loss.max_alpha) == (6, 0.5)
+    assert (config.loss.lambda_mmcl, config.loss.lambda_sc) == (0.3, 1.0)
+    assert (config.loss.label_smoothing, config.loss.triplet_margin) == (0.1, 0.0)
+    assert not config.loss.triplet_soft
+    cluster = config.cluster
+    assert (cluster.clustering, cluster.sc_start_epoch, cluster.recluster_every) == ("dbscan", 15, 1)
+    assert (cluster.k1, cluster.k2, cluster.min_samples, cluster.eps) == (20, 6, 4, 0.6)
+    assert cluster.cluster_features == "memory"
+    train = config.train
+    assert (train.epochs, train.lr, train.backbone_lr_mult, train.lr_step) == (60, 0.1, 0.1, 30)
+    assert (train.momentum, train.nesterov, train.weight_decay) == (0.9, True, 5e-4)
+    assert (config.data.batch_size, config.data.num_instances) == (128, 4)
+    assert config.data.image_size == (256, 128)
+    assert (config.model.backbone, config.model.multiscale, config.model.pooling) == (
+        "resnet50", True, "avg")
+
+
+def test_json_round_trip(tmp_path):
+    config = config_lib.from_flat({"image_size": ["64", "32"], "backbone": "resnet18",
+                                   "dataset_options": ["num_train_ids=4"], "lr": 1,
+                                   "multiscale": False})
+    assert config.data.image_size == (64, 32) and isinstance(config.train.lr, float)
+    path = str(tmp_path / "config.json")
+    config_lib.save_json(config, path)
+    assert config_lib.load_json(path) == config
+    assert config_lib.from_dict(config_lib.to_dict(config)) == config
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"lr_typo": 1.0}, "unknown options"),
+    ({"backbone": "vgg"}, "backbone='vgg'"),
+    ({"batch_size": 30, "num_instances": 4}, "multiple of num_instances"),
+    ({"epochs": 0}, "epochs"),
+    ({"max_alpha": 1.0}, "max_alpha"),
+    ({"dataset_options": ["no_equals_sign"]}, "key=value"),
+    ({"epochs": "60"}, "not int"),
+])
+def test_bad_options_are_rejected(options, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.from_flat(options)
+
+
+def test_unknown_section_is_rejected():
+    with pytest.raises(ValueError, match="unknown config sections"):
+        config_lib.from_dict({"optimizer": {}})
+
+
+def test_parse_key_values_converts_scalars():
+    assert config_lib.parse_key_values(["a=1", "b=0.5", "c=true", "d=x", " e = False "]) == {
+        "a": 1, "b": 0.5, "c": True, "d": "x", "e": False}
+    assert config_lib.Config(data=config_lib.DataConfig(
+        dataset_options=("num_ids=3",))).data.options() == {"num_ids": 3}
+
+
+def test_option_names_are_unique_and_documented():
+    specs = config_lib.option_specs()
+    names = [name for name, *_ in specs]
+    assert len(names) == len(set(names))
+    assert all(help_text for _, _, _, help_text, _ in specs)
+    total = sum(len(dataclasses.fields(cls)) for cls in config_lib.SECTIONS.values())
+    assert len(names) == total
+
+
+def test_flags_override_flagfiles_in_order():
+    config = _parse("--flagfile=configs/duke.cfg", "--epochs=3", "--nomultiscale",
+                    "--image_size=128,64")
+    assert config.data.dataset == "dukemtmc" and config.train.epochs == 3
+    assert not config.model.multiscale and config.data.image_size == (128, 64)
+
+
+def test_there_are_the_expected_configs():
+    assert {os.path.basename(p) for p in CONFIGS} >= {
+        "base.cfg", "market.cfg", "duke.cfg", "msmt17.cfg", "synthetic.cfg", "smoke.cfg"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_parses_and_documents_its_launch(path):
+    with open(path) as handle:
+        first_lines = [next(handle) for _ in range(3)]
+    assert all(line.startswith("#") for line in first_lines[:2])
+    assert any("bin/train" in line for line in first_lines)
+    config = _parse(f"--flagfile={os.path.relpath(path, REPO)}")
+    assert isinstance(config, config_lib.Config)
+
+
+@pytest.mark.parametrize("name, dataset, lambda_mmcl", [
+    ("market", "market1501", 0.4), ("duke", "dukemtmc", 0.3), ("msmt17", "msmt17", 0.3)])
+def test_dataset_configs_use_the_paper_settings(name, dataset, lambda_mmcl):
+    config = _parse(f"--flagfile=configs/{name}.cfg")
+    assert config.data.dataset == dataset and config.loss.lambda_mmcl == lambda_mmcl
+    assert (config.model.backbone, config.model.pretrained, config.data.image_size) == (
+        "resnet50", "imagenet", (256, 128))
+    assert (config.data.batch_size, config.train.epochs, config.train.lr_step) == (128, 60, 30)
+    defaults = config_lib.Config()
+    assert config.cluster == defaults.cluster
+    assert dataclasses.replace(config.loss, lambda_mmcl=0.3) == defaults.loss
+    assert dataclasses.replace(config.train, eval_every=defaults.train.eval_every) == \
+        defaults.train
+
+
+def test_cpu_configs_use_the_small_backbone():
+    for name in ("synthetic", "smoke"):
+        config = _parse(f"--flagfile=configs/{name}.cfg")
+        assert config.data.dataset == "synthetic" and config.model.backbone == "resnet18"
+        assert config.model.pretrained == "none"
+        assert config.cluster.sc_start_epoch < config.train.epochs

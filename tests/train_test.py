@@ -1,0 +1,279 @@
+"""Tests for mlc_tf.train / train_step / checkpointing: replicas, resume, errors, bin/train.
+
+MirroredStrategy runs happen in subprocesses (one strategy per process; logical CPU devices
+must be configured before any TF op): this file doubles as their worker script.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_CFG = os.path.join(REPO, "configs", "smoke.cfg")
+NUM_SLOTS, DIM, BATCH = 16, 1536, 8
+
+
+def _start_worker(*args) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__), *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=REPO)
+
+
+def _wait(process: subprocess.Popen, timeout=600) -> None:
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, stdout[-3000:] + stderr[-5000:]
+
+
+# ----------------------------------------------------------------------------- workers
+
+def _start_tf(num_logical_cpus: int):
+    # model.py draws its initialiser seed from Python's `random` at import time; seed it
+    # first so that separate processes start from the same weights.
+    import random
+    random.seed(0)
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * num_logical_cpus)
+    return tf
+
+
+def _step_worker(replicas: str, out: str):
+    """One MPLP step and one joint step on fixed global batches; saves everything."""
+    tf = _start_tf(2)
+    import keras
+    from mlc_tf import model as model_lib
+    from mlc_tf import train_step
+    from mlc_tf.memory import MemoryBank
+    replicas = int(replicas)
+    strategy = tf.distribute.MirroredStrategy(["/device:CPU:0", "/device:CPU:1"][:replicas])
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        model = model_lib.build_model(backbone="resnet18", image_size=(32, 16),
+                                      synchronized_bn=replicas > 1)
+        memory = MemoryBank(NUM_SLOTS, DIM)
+    # A small learning rate keeps the second step well conditioned: from scratch, a large
+    # first step amplifies float32 rounding differences of the batch split.
+    learner = train_step.Learner(
+        strategy, model, memory,
+        weights=train_step.LossWeights(mplp_min_candidates=3, hard_negative_ratio=0.2),
+        lr=0.01, backbone_lr_mult=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    # Memory with 4 groups of similar rows, so that MPLP finds several positives.
+    rows = rng.normal(size=(4, DIM))[np.arange(NUM_SLOTS) % 4] + 0.5 * rng.normal(
+        size=(NUM_SLOTS, DIM))
+    memory.variable.assign((rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype("f4"))
+    memory_before = memory.variable.numpy()
+
+    def global_batch(seed):
+        r = np.random.default_rng(seed)
+        return {"image": r.uniform(0, 255, (BATCH, 32, 16, 3)).astype(np.float32),
+                "index": r.permutation(NUM_SLOTS)[:BATCH].astype(np.int32),
+                "label": np.repeat(np.arange(BATCH // 2), 2).astype(np.int32)}
+
+    def distribute(batch):
+        dataset = tf.data.Dataset.from_tensors(batch)
+        return next(iter(strategy.experimental_distribute_dataset(dataset)))
+
+    results = {f"ml_{k}": float(v) for k, v in learner.step(
+        distribute(global_batch(1)), 0.2, joint=False, use_mplp=True).items()}
+    learner.new_classifier(BATCH // 2, seed=1)
+    results.update({f"joint_{k}": float(v) for k, v in learner.step(
+        distribute(global_batch(2)), 0.3, joint=True, use_mplp=True).items()})
+    arrays = {f"weight_{i}": np.asarray(v) for i, v in enumerate(model.weights)}
+    arrays["memory"] = memory.variable.numpy()
+    arrays["memory_before"] = memory_before
+    arrays["classifier"] = learner.classifier.kernel.numpy()
+    # Every replica must hold the same copy of every variable.
+    spread = 0.0
+    for variable in [*model.weights, memory.variable]:
+        values = getattr(getattr(variable, "value", variable), "values", None) or [variable]
+        spread = max(spread, max(float(np.max(np.abs(np.asarray(v) - np.asarray(values[0]))))
+                                 for v in values))
+    results["replica_spread"] = spread
+    np.savez(out, **arrays)
+    with open(out + ".json", "w") as handle:
+        json.dump(results, handle)
+
+
+def _smoke_worker(data_dir: str, root: str):
+    """Smoke runs sharing one strategy: full, interrupted + resumed, mismatched, non-finite."""
+    tf = _start_tf(1)
+    from mlc_tf import checkpointing, train
+    from mlc_tf import config as config_lib
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["smoke", f"--flagfile={SMOKE_CFG}", f"--data_dir={data_dir}", "--eval_every=0"])
+    config = config_lib.from_flag_values(flag_values)
+    strategy = train.make_strategy()
+    report = {}
+    full = os.path.join(root, "full")
+    report["full"] = train.run(config, full, strategy=strategy, verbose=False)["epochs_done"]
+    split = os.path.join(root, "split")
+    report["first_part"] = train.run(config, split, strategy=strategy, stop_after_epoch=0,
+                                     verbose=False)["epochs_done"]
+    report["second_part"] = train.run(config, split, strategy=strategy,
+                                      verbose=False)["epochs_done"]
+
+    def expect_mismatch(changed):
+        try:
+            train.run(changed, full, strategy=strategy, verbose=False)
+        except checkpointing.CheckpointMismatchError as err:
+            return str(err)
+        return None
+
+    report["mismatch_model"] = expect_mismatch(_replace(
+        config, model=dict(multiscale=False)))
+    options = tuple(o.replace("num_train_ids=8", "num_train_ids=9")
+                    for o in config.data.dataset_options)
+    report["mismatch_data"] = expect_mismatch(_replace(
+        config, data=dict(dataset_options=options)))
+
+    # Poison the second epoch's images with NaN.
+    def poisoned(make):
+        def make_poisoned(*args, epoch, **kwargs):
+            batches = make(*args, epoch=epoch, **kwargs)
+            if epoch < 1:
+                return batches
+            return batches.map(lambda b: {**b, "image": b["image"] * float("nan")})
+        return make_poisoned
+
+    train.pipeline.make_train_dataset = poisoned(train.pipeline.make_train_dataset)
+    train.pipeline.make_pk_dataset = poisoned(train.pipeline.make_pk_dataset)
+    nan_dir = os.path.join(root, "nan")
+    try:
+        train.run(config, nan_dir, strategy=strategy, verbose=False)
+        report["nonfinite"] = None
+    except train.NonFiniteLossError as err:
+        report["nonfinite"] = str(err)
+    with open(os.path.join(root, "report.json"), "w") as handle:
+        json.dump(report, handle)
+
+
+def _replace(config, **sections):
+    import dataclasses
+    return dataclasses.replace(config, **{name: dataclasses.replace(getattr(config, name), **kw)
+                                          for name, kw in sections.items()})
+
+
+# ----------------------------------------------------------------------------- tests
+
+def test_one_step_is_the_same_on_one_and_two_replicas(tmp_path):
+    outputs = {}
+    # Two processes at once: each is mostly single-threaded graph building.
+    workers = {r: _start_worker("step", r, tmp_path / f"replicas{r}.npz") for r in (1, 2)}
+    for replicas, worker in workers.items():
+        _wait(worker)
+        out = str(tmp_path / f"replicas{replicas}.npz")
+        with open(out + ".json") as handle:
+            outputs[replicas] = (np.load(out), json.load(handle))
+    (arrays1, stats1), (arrays2, stats2) = outputs[1], outputs[2]
+    assert stats2["replica_spread"] == 0.0
+    # Both phases ran with real losses: MPLP found neighbours, CE and triplet are active.
+    assert stats1["ml_positives"] > 1.0 and stats1["joint_ce"] > 0 and stats1["joint_triplet"] > 0
+    # Losses of size ~5 agree to 1e-5 relative (the triplet's |a|^2 + |b|^2 - 2ab on
+    # pre-BN features rounds differently for a 4-row and an 8-row matmul); weights and
+    # memory to 1e-5 absolute.
+    for name in stats1:
+        if name != "replica_spread":
+            assert stats2[name] == pytest.approx(stats1[name], rel=1e-5, abs=1e-6), name
+    assert sorted(arrays1.files) == sorted(arrays2.files)
+    for name in arrays1.files:
+        np.testing.assert_allclose(arrays2[name], arrays1[name], atol=1e-5, rtol=0, err_msg=name)
+    # The steps rewrote the memory rows of their batches.
+    assert np.abs(arrays1["memory"] - arrays1["memory_before"]).max() > 1e-2
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("smoke")
+    data_dir = tmp_path_factory.mktemp("data")
+    _wait(_start_worker("smoke", data_dir, root))
+    with open(root / "report.json") as handle:
+        return root, json.load(handle)
+
+
+def _checkpoint_tensors(path):
+    import tensorflow as tf
+    reader = tf.train.load_checkpoint(path)
+    return {name: np.asarray(reader.get_tensor(name))
+            for name in reader.get_variable_to_shape_map()
+            if not name.startswith(("save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))}
+
+
+def test_resumed_run_equals_uninterrupted_run(smoke_runs):
+    root, report = smoke_runs
+    assert (report["full"], report["first_part"], report["second_part"]) == (2, 1, 2)
+    full = _checkpoint_tensors(str(root / "full" / "checkpoints" / "ckpt-2"))
+    split = _checkpoint_tensors(str(root / "split" / "checkpoints" / "ckpt-2"))
+    assert sorted(full) == sorted(split)
+    # The second epoch trained the joint loss: a classifier was checkpointed.
+    assert any(name.startswith("classifier/") for name in full)
+    memory = next(name for name in full if name.startswith("memory/"))
+    assert np.abs(full[memory]).sum() > 0
+    for name, value in full.items():
+        if value.dtype.kind in "fiu":
+            np.testing.assert_allclose(split[name], value, atol=1e-5, rtol=0, err_msg=name)
+        else:
+            assert split[name] == value, name
+    assert os.path.isfile(root / "full" / "export" / "saved_model.pb")
+
+
+def test_mismatched_checkpoint_is_a_clear_error(smoke_runs):
+    _, report = smoke_runs
+    assert report["mismatch_model"] is not None
+    assert "multiscale" in report["mismatch_model"] and "feature_dim" in report["mismatch_model"]
+    assert report["mismatch_data"] is not None and "num_train" in report["mismatch_data"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(smoke_runs):
+    root, report = smoke_runs
+    assert report["nonfinite"] is not None
+    assert "epoch 2, step 1" in report["nonfinite"]
+    checkpoints = root / "nan" / "checkpoints"
+    import tensorflow as tf
+    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-1")
+    tensors = _checkpoint_tensors(str(checkpoints / "ckpt-1"))
+    assert all(np.isfinite(v).all() for v in tensors.values() if v.dtype.kind == "f")
+    assert any(name.startswith("memory/") for name in tensors)
+
+
+def test_bin_train_smoke_resumes_and_exports(tmp_path):
+    workdir, data_dir = tmp_path / "run", tmp_path / "data"
+    command = [sys.executable, os.path.join(REPO, "bin", "train"), f"--flagfile={SMOKE_CFG}",
+               f"--data_dir={data_dir}", f"--workdir={workdir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    first = subprocess.run(command + ["--stop_after_epoch=0"], capture_output=True, text=True,
+                           env=env, cwd=REPO, timeout=600)
+    assert first.returncode == 0, first.stderr[-5000:]
+    assert not (workdir / "export").exists()
+    second = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO,
+                            timeout=600)
+    assert second.returncode == 0, second.stderr[-5000:]
+    assert "resumed from" in second.stderr and "Epoch 2/2" in second.stdout
+    assert "Epoch 1/2" not in second.stdout
+    assert "final evaluation: mAP" in second.stdout
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["backbone"] == "resnet18" and saved["train"]["epochs"] == 2
+    flags_text = (workdir / "flags.txt").read_text()
+    assert "--backbone=resnet18" in flags_text and f"--workdir={workdir}" in flags_text
+    assert list((workdir / "summaries").iterdir())
+
+    from mlc_tf import export
+    extractor = export.load_feature_extractor(str(workdir / "export"))
+    assert extractor.metadata["test_set_selected"] is False
+    assert extractor.metadata["trained_epochs"] == 2
+    features = extractor(np.zeros((2, 40, 20, 3), np.uint8))
+    assert features.shape == (2, 1536)
+    np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
+
+
+if __name__ == "__main__":
+    {"step": _step_worker, "smoke": _smoke_worker}[sys.argv[1]](*sys.argv[2:])
