@@ -24,7 +24,8 @@ class DataConfig:
     dataset: str = _field("synthetic", "Dataset name (mlc_tf.data.datasets.names()).")
     data_dir: str = _field("data", "Folder holding the datasets (and the synthetic cache).")
     dataset_options: tuple[str, ...] = _field(
-        (), "Extra key=value options for datasets.create, e.g. num_ids=64,images_per_id=12.")
+        (), "Extra key=value options for datasets.create, e.g. "
+        "num_train_ids=32,images_per_camera=4.")
     image_size: tuple[int, int] = _field((256, 128), "Input height,width.")
     batch_size: int = _field(128, "Global training batch (all replicas together).")
     num_instances: int = _field(4, "K of the PK sampler in the SC phase (P = batch_size / K).")
@@ -99,7 +100,7 @@ class ClusterConfig:
     rho: float = _field(1.6e-3, "rho of the rho rule.")
     num_clusters: int = _field(500, "Number of k-means clusters (clustering=kmeans).")
     knn_backend: str = _field("auto", "Nearest-neighbour backend of the Jaccard distance.",
-                              ("auto", "exact", "pynndescent"))
+                              ("auto", "exact", "ivf", "pynndescent"))
 
 
 @dataclasses.dataclass(frozen=True)
