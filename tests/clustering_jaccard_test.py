@@ -5,6 +5,8 @@ import pytest
 
 from mlc_tf.clustering import dense, jaccard, knn
 
+from zhong_reference import plain_re_ranking
+
 # Five points on a line (as 1-d features): 0, 1, 3, 7, 8. Squared distances from 7: 49 to 0,
 # 36 to 1, 16 to 3, 1 to 8. With k = 2, top(i, 3) (self first):
 #   0: [0, 1, 3]   1: [1, 0, 3]   3: [3, 1, 0]   7: [7, 8, 3]   8: [8, 7, 3]
@@ -66,47 +68,10 @@ def test_jaccard_by_hand_spcl():
                                atol=1e-6)
 
 
-def _plain_zhong_encoding(features, k1, k2, variant):
-    """Zhong's published loops, written out plainly (independent of the library code)."""
-    x = np.asarray(features, np.float64)
-    n = len(x)
-    original = np.array([[np.sum((x[i] - x[j]) ** 2) for j in range(n)] for i in range(n)])
-    ranking_key = original + np.diag(np.full(n, -1.0))
-    initial_rank = np.argsort(ranking_key, axis=1, kind="stable")
-    if variant == "zhong":
-        original = original / original.max(axis=1, keepdims=True)
-    v = np.zeros((n, n))
-    for i in range(n):
-        forward = initial_rank[i, :k1 + 1]
-        backward = initial_rank[forward, :k1 + 1]
-        reciprocal = forward[np.where(backward == i)[0]]
-        expansion = reciprocal
-        for candidate in reciprocal:
-            half = int(np.around(k1 / 2))
-            c_forward = initial_rank[candidate, :half + 1]
-            c_backward = initial_rank[c_forward, :half + 1]
-            c_reciprocal = c_forward[np.where(c_backward == candidate)[0]]
-            if len(np.intersect1d(c_reciprocal, reciprocal)) > 2 / 3 * len(c_reciprocal):
-                expansion = np.append(expansion, c_reciprocal)
-        expansion = np.unique(expansion)
-        weight = np.exp(-original[i, expansion])
-        v[i, expansion] = weight / np.sum(weight)
-    if k2 != 1:
-        v = np.array([np.mean(v[initial_rank[i, :k2], :], axis=0) for i in range(n)])
-    jac = np.zeros((n, n))
-    for i in range(n):
-        temp_min = np.zeros(n)
-        for k in np.where(v[i] != 0)[0]:
-            users = np.where(v[:, k] != 0)[0]
-            temp_min[users] += np.minimum(v[i, k], v[users, k])
-        jac[i] = 1 - temp_min / (2 - temp_min)
-    return v, jac
-
-
 @pytest.mark.parametrize("variant", ["zhong", "spcl"])
 def test_dense_reference_matches_plain_zhong(variant):
     x = _clustered(80, ids=8)
-    plain_v, plain_jaccard = _plain_zhong_encoding(x, 6, 3, variant)
+    plain_v, plain_jaccard = plain_re_ranking(x, len(x), 6, 3, lambda_value=0.0, variant=variant)
     sq = dense.squared_distances(x)
     ref_v = dense.dense_encoding(sq, 6, 3, variant)
     np.testing.assert_allclose(ref_v, plain_v, atol=1e-12)
@@ -127,8 +92,13 @@ def test_sparse_equals_dense(variant, n, k1, k2):
     assert abs(sparse - sparse.T).max() < 1e-6  # Symmetric.
 
 
-def test_sparse_on_exact_knn_equals_dense_2000_points():
-    x = _clustered(2000, dim=32, ids=60, seed=3)
+def test_sparse_on_exact_knn_equals_dense_in_blocks(monkeypatch):
+    # Small blocks make every blocked loop (exact search, encoding, Jaccard kernel) run several
+    # times and end on a short block; at the real sizes 1,000 points fit in one block each.
+    monkeypatch.setattr(knn, "_BLOCK_FLOATS", 300 * 1000)
+    monkeypatch.setattr(jaccard, "_BLOCK_ROWS", 256)
+    monkeypatch.setattr(jaccard, "_KERNEL_ROWS", 384)
+    x = _clustered(1000, dim=32, ids=30, seed=3)
     nbrs = knn.neighbours(x, jaccard.required_list_length(20), "exact")
     sparse = jaccard.sparse_jaccard(x, nbrs)
     np.testing.assert_allclose(_full(sparse), dense.dense_jaccard_distance(x), atol=1e-6)

@@ -42,7 +42,7 @@ def test_self_first_with_duplicates():
 
 
 def test_ivf_recall_on_clustered_data():
-    x = _clustered(3000, dim=600, ids=150, seed=1)  # d > 512 exercises the PCA projection.
+    x = _clustered(3000, dim=600, ids=150, seed=1)  # d > 256 exercises the random projection.
     exact = knn.neighbours(x, 21, "exact")
     approx = knn.neighbours(x, 21, "ivf")
     recall = np.mean([len(np.intersect1d(a, e)) for a, e in zip(approx.indices,
@@ -52,14 +52,22 @@ def test_ivf_recall_on_clustered_data():
     assert (approx.row_max <= exact.row_max * (1 + 1e-5)).all()  # A lower bound.
 
 
-def test_pynndescent_small():
-    # The one pynndescent test: numba compiles for ~30 s on first use in a process.
+def test_pynndescent():
+    # The one pynndescent test: numba compiles its graph code for ~30 s in every new process.
     x = _clustered(600, dim=16, ids=20, seed=2)
-    exact, _ = knn.knn(x, 10, "exact")
-    approx, distances = knn.knn(x, 10, "pynndescent")
-    np.testing.assert_array_equal(approx[:, 0], np.arange(600))
-    recall = np.mean([len(np.intersect1d(a, e)) for a, e in zip(approx, exact)]) / 10
+    x = np.concatenate([x, x[:10]])  # Rows 600..609 duplicate rows 0..9.
+    exact = knn.neighbours(x, 10, "exact")
+    approx = knn.neighbours(x, 10, "pynndescent")
+    np.testing.assert_array_equal(approx.indices[:, 0], np.arange(610))
+    np.testing.assert_array_equal(approx.sq_distances[:, 0], 0.0)
+    assert (approx.indices[:10, 1] == np.arange(600, 610)).all()
+    assert (np.diff(approx.sq_distances, axis=1) >= 0).all()
+    listed = ((x[:, None, :] - x[approx.indices]) ** 2).sum(-1)
+    np.testing.assert_allclose(approx.sq_distances, listed, atol=1e-5)  # Re-scored exactly.
+    recall = np.mean([len(np.intersect1d(a, e)) for a, e in zip(approx.indices,
+                                                                 exact.indices)]) / 10
     assert recall > 0.95
+    assert (approx.row_max <= exact.row_max * (1 + 1e-5)).all()  # A lower bound.
 
 
 def test_backend_choice_and_errors():

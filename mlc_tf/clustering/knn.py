@@ -50,10 +50,10 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
     """Returns the concrete backend for a request ('approx' is an alias of 'pynndescent').
 
     'exact' compares all pairs in the full dimension (TensorFlow, GPU when present). 'ivf' is an
-    inverted-file search: k-means cells (about 64 points each) in a 256-d random projection,
+    inverted-file search: k-means cells (about 64 points each) in a 128-d random projection,
     every point filed in its 4 nearest cells, exact full-dimension distances between each point
     and the members of its nearest cell; no numba start-up cost and far fewer products than all
-    pairs. 'pynndescent' builds an NN-descent graph (on a 256-d random projection when d > 512)
+    pairs. 'pynndescent' builds an NN-descent graph (on a 128-d random projection when d > 256)
     and re-scores 2k + 10 candidates in the full dimension. 'auto' picks exact when TensorFlow
     is already imported and sees a GPU or when N*N*d <= 1.5e12, else ivf; it never imports
     TensorFlow just to look
@@ -142,7 +142,7 @@ def _exact(x: np.ndarray, k: int) -> Neighbours:
 
 
 def _project(x: np.ndarray, seed: int) -> np.ndarray:
-    """Gaussian random projection to 256 dimensions when d > 512 (one pass over the data).
+    """Gaussian random projection to 128 dimensions when d > 256 (one pass over the data).
 
     Only used to file points into cells and to find candidates; every distance kept is exact.
     A randomized PCA placed neighbours no better on clustered data and costs three passes.

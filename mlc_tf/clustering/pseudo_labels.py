@@ -52,7 +52,7 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
         min_samples: DBSCAN min_samples (the point itself counts).
         num_clusters: k of k-means (required for method='kmeans').
         variant: neighbour weighting, 'zhong' or 'spcl'.
-        knn_backend: 'auto', 'exact' or 'pynndescent' ('approx' is accepted as an alias).
+        knn_backend: 'auto', 'exact', 'ivf' or 'pynndescent' (see knn.resolve_backend).
         seed: seed of the approximate neighbours and of k-means.
         verbose: print one timing line per stage and a progress indicator.
 
