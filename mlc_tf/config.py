@@ -99,6 +99,10 @@ class ClusterConfig:
                            ("fixed", "rho"))
     rho: float = _field(1.6e-3, "rho of the rho rule.")
     num_clusters: int = _field(500, "Number of k-means clusters (clustering=kmeans).")
+    camera_normalize: bool = _field(
+        False, "Not in the paper: subtract each camera's mean feature before clustering, so "
+        "that clusters can span cameras when camera style dominates the features (used by the "
+        "from-scratch synthetic demo).")
     knn_backend: str = _field("auto", "Nearest-neighbour backend of the Jaccard distance.",
                               ("auto", "exact", "ivf", "pynndescent"))
 
@@ -107,7 +111,7 @@ class ClusterConfig:
 class TrainConfig:
     """Optimiser, schedule and loop (spec §7.1)."""
 
-    epochs: int = _field(60, "Number of epochs.")
+    epochs: int = _field(60, "Number of epochs (0 exports the untrained network, a baseline).")
     lr: float = _field(0.1, "Learning rate of the new layers (BN neck, classifier).")
     backbone_lr_mult: float = _field(0.1, "Backbone learning rate = lr * this.")
     lr_step: int = _field(30, "Divide the learning rates by 1/lr_gamma every this many epochs "
@@ -165,7 +169,7 @@ def validate(config: Config) -> None:
         (data.batch_size > 0 and data.eval_batch_size > 0, "batch sizes must be positive"),
         (data.num_instances > 0 and data.batch_size % data.num_instances == 0,
          "batch_size must be a multiple of num_instances"),
-        (train.epochs > 0, "epochs must be positive"),
+        (train.epochs >= 0, "epochs must be >= 0"),
         (train.lr > 0 and train.backbone_lr_mult >= 0, "lr must be > 0, backbone_lr_mult >= 0"),
         (train.lr_step > 0, "lr_step must be positive"),
         (train.weight_decay >= 0, "weight_decay must be >= 0"),

@@ -222,6 +222,7 @@ def _recluster(config, epoch, learner, state, data, true_pids, cluster_embed,
     stored_eps = float(state.cluster_eps.numpy())
     labels, stats = self_paced.pseudo_labels(features, config.cluster,
                                              seed=config.train.seed + epoch,
+                                             camids=np.array([s.camid for s in data.train]),
                                              eps=stored_eps if stored_eps > 0 else None,
                                              verbose=verbose)
     if stats.get("eps") is not None:

@@ -36,7 +36,8 @@ def test_defaults_are_the_spec_hyperparameters():
     assert (config.loss.label_smoothing, config.loss.triplet_margin) == (0.1, 0.0)
     assert not config.loss.triplet_soft
     cluster = config.cluster
-    assert (cluster.clustering, cluster.sc_start_epoch, cluster.recluster_every) == ("dbscan", 15, 1)
+    assert (cluster.clustering, cluster.sc_start_epoch, cluster.recluster_every) == (
+        "dbscan", 15, 1)
     assert (cluster.k1, cluster.k2, cluster.min_samples, cluster.eps) == (20, 6, 4, 0.6)
     assert cluster.cluster_features == "memory"
     train = config.train
@@ -63,7 +64,7 @@ def test_json_round_trip(tmp_path):
     ({"lr_typo": 1.0}, "unknown options"),
     ({"backbone": "vgg"}, "backbone='vgg'"),
     ({"batch_size": 30, "num_instances": 4}, "multiple of num_instances"),
-    ({"epochs": 0}, "epochs"),
+    ({"epochs": -1}, "epochs"),
     ({"max_alpha": 1.0}, "max_alpha"),
     ({"dataset_options": ["no_equals_sign"]}, "key=value"),
     ({"epochs": "60"}, "not int"),

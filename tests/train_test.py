@@ -103,7 +103,7 @@ def _step_worker(replicas: str, out: str):
 
 def _smoke_worker(data_dir: str, root: str):
     """Smoke runs sharing one strategy: full, interrupted + resumed, mismatched, non-finite."""
-    tf = _start_tf(1)
+    _start_tf(1)
     from mlc_tf import checkpointing, train
     from mlc_tf import config as config_lib
     from absl import flags
