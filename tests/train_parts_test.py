@@ -1,5 +1,7 @@
 """In-process tests of the training pieces: schedule, SGD with coupled decay, checkpoints, stats."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -163,3 +165,25 @@ def test_write_scalars_needs_no_tensorboard(tmp_path):
             tags.add((value.tag, event.step,
                       float(tf.make_ndarray(value.tensor)), value.metadata.plugin_data.plugin_name))
     assert tags == {("train/loss", 3, 1.5, "scalars"), ("eval/mAP", 3, 0.25, "scalars")}
+
+
+def test_camera_centring_lets_clusters_span_cameras():
+    # 8 identities x 3 cameras x 4 images; a camera offset three times the identity signal.
+    rng = np.random.default_rng(0)
+    ids, cams = np.repeat(np.arange(8), 12), np.tile(np.repeat(np.arange(3), 4), 8)
+    features = (rng.normal(size=(8, 32))[ids] + 3 * rng.normal(size=(3, 32))[cams]
+                + 0.1 * rng.normal(size=(96, 32)))
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    cluster = config_lib.ClusterConfig(k1=10, k2=3, min_samples=4)
+    plain, _ = self_paced.pseudo_labels(features, cluster, seed=0)
+    centred, _ = self_paced.pseudo_labels(
+        features, dataclasses.replace(cluster, camera_normalize=True), seed=0, camids=cams)
+    for labels in (plain, centred):
+        assert (labels >= 0).all()
+    # Without centring every cluster stays inside one camera; with it, clusters are identities.
+    assert all(len(np.unique(cams[plain == c])) == 1 for c in np.unique(plain))
+    np.testing.assert_array_equal(np.unique(centred[ids == 0], return_counts=True)[1], [12])
+    assert len(np.unique(centred)) == 8
+    with pytest.raises(ValueError, match="camera"):
+        self_paced.pseudo_labels(features, dataclasses.replace(cluster, camera_normalize=True),
+                                 seed=0)
