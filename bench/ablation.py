@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The paper's Table 4 ablations on the synthetic CPU demo: full MLC, w/o SC, k-means SC, w/o MN.
+"""The paper's Table 4 ablations on the synthetic CPU demo, beside the untrained network.
 
 Each variant is `bin/train --flagfile=configs/synthetic.cfg` plus its overrides, in its own
 workdir (a re-run resumes or reuses finished runs); each export is then scored like
@@ -25,11 +25,13 @@ flags.DEFINE_string("flagfile_base", os.path.join(REPO, "configs", "synthetic.cf
 flags.DEFINE_integer("kmeans_clusters", 64, "k of the k-means variant (the demo has 64 "
                      "training identities; the paper swept k).")
 flags.DEFINE_list("extra", [], "Extra bin/train flags for every variant.")
-flags.DEFINE_list("variants", ["mlc", "no_sc", "kmeans", "no_mn"], "Variants to run.")
+flags.DEFINE_list("variants", ["untrained", "mlc", "no_sc", "kmeans", "no_mn"],
+                  "Variants to run.")
 FLAGS = flags.FLAGS
 
 # Each variant names its clusterer, so the table does not depend on the demo's choice.
 VARIANTS = {
+    "untrained": ("untrained network (same init)", ["--epochs=0"]),
     "mlc": ("MLC (ML + SC with DBSCAN, MN)", ["--clustering=dbscan"]),
     "no_sc": ("w/o SC (multi-label loss only)", ["--clustering=none"]),
     "kmeans": ("SC with k-means instead of DBSCAN", ["--clustering=kmeans"]),

@@ -99,14 +99,24 @@ class Learner:
     def new_classifier(self, num_classes: int, seed: int) -> None:
         """Replaces the classifier by a fresh bias-free Dense(num_classes) with fresh slots.
 
-        Initialised N(0, 0.001^2) like the torchreid/SpCL classifiers, from `seed`.
+        Initialised N(0, 0.001^2) like the torchreid/SpCL classifiers, from `seed`. A classifier
+        of the same size is re-initialised in place instead (same values, zeroed momentum), so
+        the traced steps stay valid and are not traced again.
         """
+        initializer = keras.initializers.RandomNormal(stddev=0.001, seed=seed)
+        if self.classifier is not None and self.classifier.units == num_classes:
+            kernel = self.classifier.kernel
+            kernel.assign(initializer(kernel.shape, kernel.dtype))
+            for slot in self.classifier_optimizer.momentums:
+                slot.assign(tf.zeros_like(slot))
+            self.classifier_optimizer.iterations.assign(0)
+            return
         dim = self.model.output["neck"].shape[-1]
         lr = float(self.head_optimizer.learning_rate.numpy())
         with self.strategy.scope():
             self.classifier = keras.layers.Dense(
                 num_classes, use_bias=False, dtype="float32", name="classifier",
-                kernel_initializer=keras.initializers.RandomNormal(stddev=0.001, seed=seed))
+                kernel_initializer=initializer)
             self.classifier.build((None, dim))
             self.classifier_optimizer = sgd(lr, self._momentum, self._nesterov)
             self.classifier_optimizer.build(self.classifier.trainable_variables)

@@ -187,3 +187,25 @@ def test_camera_centring_lets_clusters_span_cameras():
     with pytest.raises(ValueError, match="camera"):
         self_paced.pseudo_labels(features, dataclasses.replace(cluster, camera_normalize=True),
                                  seed=0)
+
+
+def test_new_classifier_of_the_same_size_resets_in_place():
+    strategy = tf.distribute.get_strategy()
+    learner = train_step.Learner(strategy, _tiny_model(), MemoryBank(6, 4),
+                                 weights=train_step.LossWeights(), lr=0.1, backbone_lr_mult=0.1,
+                                 momentum=0.9, nesterov=True, weight_decay=5e-4)
+    batch = {"image": np.random.default_rng(3).uniform(0, 255, (4, 2, 2, 3)).astype("f4"),
+             "index": np.array([0, 1, 2, 3], np.int32), "label": np.array([0, 0, 1, 1], np.int32)}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    learner.new_classifier(2, seed=7)
+    fresh = learner.classifier.kernel.numpy()
+    learner.step(next(iter(dataset)), 0.0, joint=True, use_mplp=False)
+    assert learner.classifier_optimizer.momentums[0].numpy().any()
+    traced = learner._steps[(True, False)]
+
+    learner.new_classifier(2, seed=7)  # same size: same layer, fresh values and momentum
+    np.testing.assert_array_equal(learner.classifier.kernel.numpy(), fresh)
+    assert not learner.classifier_optimizer.momentums[0].numpy().any()
+    assert learner._steps[(True, False)] is traced
+    learner.new_classifier(3, seed=7)  # another size: a new layer, the joint step is dropped
+    assert learner.classifier.kernel.shape == (4, 3) and (True, False) not in learner._steps
