@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 
 # Each variant names its clusterer, so the table does not depend on the demo's choice.
 VARIANTS = {
-    "untrained": ("untrained network (same init)", ["--epochs=0"]),
+    "untrained": ("untrained network", ["--epochs=0"]),
     "mlc": ("MLC (ML + SC with DBSCAN, MN)", ["--clustering=dbscan"]),
     "no_sc": ("w/o SC (multi-label loss only)", ["--clustering=none"]),
     "kmeans": ("SC with k-means instead of DBSCAN", ["--clustering=kmeans"]),
