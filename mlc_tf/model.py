@@ -22,8 +22,15 @@ _CHANNELS = {"resnet50": 2048, "resnet18": 512}
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
-# torchvision's ResNet initialisation (He normal, fan_out), used when training from scratch.
-_CONV_INIT = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+
+
+def _conv_init() -> keras.initializers.Initializer:
+    """torchvision's ResNet initialisation (He normal, fan_out), used when training from scratch.
+
+    One initializer per convolution: its seed is drawn when it is created, so after
+    keras.utils.set_random_seed every build is reproducible and no two kernels are equal.
+    """
+    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
 
 
 @keras.saving.register_keras_serializable(package="mlc_tf")
@@ -174,7 +181,7 @@ def _batch_norm(x, name: str, synchronized: bool, epsilon: float):
 
 def _stem(x, synchronized: bool, epsilon: float, use_bias: bool):
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = layers.Conv2D(64, 7, strides=2, use_bias=use_bias, kernel_initializer=_CONV_INIT,
+    x = layers.Conv2D(64, 7, strides=2, use_bias=use_bias, kernel_initializer=_conv_init(),
                       name="conv1_conv")(x)
     x = _batch_norm(x, "conv1_bn", synchronized, epsilon)
     x = layers.Activation("relu", name="conv1_relu")(x)
@@ -185,18 +192,20 @@ def _stem(x, synchronized: bool, epsilon: float, use_bias: bool):
 def _bottleneck(x, filters: int, stride: int, project: bool, name: str, synchronized: bool):
     """Keras ResNet50 (v1) block: the stride sits on the first 1x1 conv and the shortcut."""
     eps = 1.001e-5  # Keras ResNet50's value, which its ImageNet statistics were saved with
-    conv = dict(kernel_initializer=_CONV_INIT)
     shortcut = x
     if project:
-        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv", **conv)(x)
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, kernel_initializer=_conv_init(),
+                                 name=f"{name}_0_conv")(x)
         shortcut = _batch_norm(shortcut, f"{name}_0_bn", synchronized, eps)
-    x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv", **conv)(x)
+    x = layers.Conv2D(filters, 1, strides=stride, kernel_initializer=_conv_init(),
+                      name=f"{name}_1_conv")(x)
     x = _batch_norm(x, f"{name}_1_bn", synchronized, eps)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv", **conv)(x)
+    x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=_conv_init(),
+                      name=f"{name}_2_conv")(x)
     x = _batch_norm(x, f"{name}_2_bn", synchronized, eps)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
-    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv", **conv)(x)
+    x = layers.Conv2D(4 * filters, 1, kernel_initializer=_conv_init(), name=f"{name}_3_conv")(x)
     x = _batch_norm(x, f"{name}_3_bn", synchronized, eps)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
@@ -214,15 +223,17 @@ def _resnet50(x, synchronized: bool):
 
 
 def _basic_block(x, filters: int, stride: int, name: str, synchronized: bool):
-    conv = dict(use_bias=False, kernel_initializer=_CONV_INIT)
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_0_conv", **conv)(x)
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
+                                 kernel_initializer=_conv_init(), name=f"{name}_0_conv")(x)
         shortcut = _batch_norm(shortcut, f"{name}_0_bn", synchronized, 1e-5)
-    x = layers.Conv2D(filters, 3, strides=stride, padding="same", name=f"{name}_1_conv", **conv)(x)
+    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
+                      kernel_initializer=_conv_init(), name=f"{name}_1_conv")(x)
     x = _batch_norm(x, f"{name}_1_bn", synchronized, 1e-5)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv", **conv)(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
+                      kernel_initializer=_conv_init(), name=f"{name}_2_conv")(x)
     x = _batch_norm(x, f"{name}_2_bn", synchronized, 1e-5)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)

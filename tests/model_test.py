@@ -125,6 +125,29 @@ def test_synchronized_flag_reaches_every_batch_norm(synchronized):
     assert all(layer.synchronized == synchronized for layer in batch_norms)
 
 
+def _conv_kernels(seed):
+    keras.utils.set_random_seed(seed)
+    model = model_lib.build_model(backbone="resnet18", image_size=(64, 32))
+    return {layer.name: layer.kernel.numpy() for layer in model.layers
+            if isinstance(layer, keras.layers.Conv2D)}
+
+
+def test_initial_weights_follow_the_seed_and_differ_per_layer():
+    first, again, other = _conv_kernels(7), _conv_kernels(7), _conv_kernels(8)
+    for name, kernel in first.items():
+        np.testing.assert_array_equal(kernel, again[name], err_msg=name)
+        assert not np.array_equal(kernel, other[name]), name
+    # Same-shaped convolutions (the 3x3 64->64 kernels of conv2) start from different draws.
+    same_shape = [first[n] for n in ("conv2_block1_1_conv", "conv2_block1_2_conv",
+                                     "conv2_block2_1_conv", "conv2_block2_2_conv")]
+    assert {k.shape for k in same_shape} == {(3, 3, 64, 64)}
+    for i, kernel in enumerate(same_shape):
+        for later in same_shape[i + 1:]:
+            assert not np.allclose(kernel, later)
+    # He normal, fan_out: std sqrt(2 / (3 * 3 * 64)).
+    assert np.std(same_shape[0]) == pytest.approx(np.sqrt(2 / (9 * 64)), rel=0.05)
+
+
 def test_backbone_and_head_variables_partition_the_trainables():
     model = model_lib.build_model(backbone="resnet18", image_size=(64, 32))
     head = model_lib.head_variables(model)
