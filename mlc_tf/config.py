@@ -284,6 +284,18 @@ def from_flag_values(flag_values: flags.FlagValues) -> Config:
     return from_flat({name: flag_values[name].value for name, *_ in option_specs()})
 
 
+def with_default_flagfile(argv, flagfile: str) -> list[str]:
+    """argv with --flagfile=flagfile first when it names neither a flagfile nor a dataset.
+
+    So `bin/train` runs the demo and `bin/train --seed=1` the demo with another seed, while
+    `bin/train --dataset=market1501 ...` starts from the paper defaults.
+    """
+    names = {arg.lstrip("-").split("=", 1)[0] for arg in argv[1:] if arg.startswith("--")}
+    if names & {"flagfile", "dataset"}:
+        return list(argv)
+    return [argv[0], f"--flagfile={flagfile}", *argv[1:]]
+
+
 def option_specs() -> list[tuple[str, Any, type, str, tuple[str, ...] | None]]:
     """(name, default, base type, help, choices) of every option, for defining flags.
 

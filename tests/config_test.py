@@ -102,6 +102,17 @@ def test_flags_override_flagfiles_in_order():
     assert not config.model.multiscale and config.data.image_size == (128, 64)
 
 
+def test_demo_flagfile_comes_first_unless_a_flagfile_or_dataset_is_named():
+    demo = "configs/synthetic.cfg"
+    assert config_lib.with_default_flagfile(["train"], demo) == ["train", f"--flagfile={demo}"]
+    assert config_lib.with_default_flagfile(["train", "--seed=1", "--epochs", "2"], demo) == [
+        "train", f"--flagfile={demo}", "--seed=1", "--epochs", "2"]
+    for named in (["--flagfile=configs/duke.cfg"], ["--dataset=market1501"], ["--dataset", "x"]):
+        assert config_lib.with_default_flagfile(["train", *named], demo) == ["train", *named]
+    config = _parse(*config_lib.with_default_flagfile(["train", "--seed=1"], demo)[1:])
+    assert (config.model.backbone, config.train.seed) == ("resnet18", 1)
+
+
 def test_there_are_the_expected_configs():
     assert {os.path.basename(p) for p in CONFIGS} >= {
         "base.cfg", "market.cfg", "duke.cfg", "msmt17.cfg", "synthetic.cfg", "smoke.cfg"}

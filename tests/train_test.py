@@ -245,6 +245,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(smoke_runs):
     assert any(name.startswith("memory/") for name in tensors)
 
 
+def test_bin_train_rejects_a_bad_option_before_writing_anything(tmp_path):
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, os.path.join(REPO, "bin", "train"), "--epochs=-1",
+                             f"--workdir={workdir}"], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert result.returncode == 1
+    assert "epochs must be >= 0" in result.stderr and "Traceback" not in result.stderr
+    assert not workdir.exists()
+
+
 def test_bin_train_smoke_resumes_and_exports(tmp_path):
     workdir, data_dir = tmp_path / "run", tmp_path / "data"
     command = [sys.executable, os.path.join(REPO, "bin", "train"), f"--flagfile={SMOKE_CFG}",
