@@ -22,6 +22,7 @@ from mlc_tf import self_paced
 from mlc_tf import summaries
 from mlc_tf import train_step
 from mlc_tf.data import datasets
+from mlc_tf.data import iteration
 from mlc_tf.data import pipeline
 
 CONFIG_FILE = "config.json"
@@ -174,9 +175,11 @@ def run(config: config_lib.Config, workdir: str, *,
         state.epoch.assign(epoch + 1)
         checkpointer.save(_objects(learner, state), epoch + 1)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
+            iteration.wait_for_retired()
             return {"epochs_done": epoch + 1, "export": None, "eval": last_eval}
 
     export_path = _export(model, config, os.path.join(workdir, EXPORT_DIR), train_cfg.epochs)
+    iteration.wait_for_retired()
     return {"epochs_done": train_cfg.epochs, "export": export_path, "eval": last_eval}
 
 
@@ -290,7 +293,7 @@ def _train_epoch(learner, batches, steps: int, alpha: float, *, joint: bool, use
     progress = keras.utils.Progbar(steps, verbose=1 if verbose else 0,
                                    stateful_metrics=train_step.STAT_NAMES)
     tracker = summaries.MeanTracker()
-    for step, batch in enumerate(batches):
+    for step, batch in enumerate(iteration.iterate(batches)):
         stats = {k: float(v) for k, v in learner.step(batch, alpha, joint=joint,
                                                       use_mplp=use_mplp).items()}
         if not math.isfinite(stats["loss"]):
@@ -332,7 +335,7 @@ def extract_features(embed, paths, image_size, batch_size: int, *,
     batches = pipeline.make_eval_dataset(list(paths), tuple(image_size), batch_size)
     progress = keras.utils.Progbar(len(paths), verbose=1 if verbose else 0, unit_name="image")
     chunks = []
-    for images in batches:
+    for images in iteration.iterate(batches):
         chunks.append(embed(images).numpy())
         progress.add(len(chunks[-1]))
     return np.concatenate(chunks)
