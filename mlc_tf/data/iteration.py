@@ -1,10 +1,10 @@
 """Iterating tf.data datasets without waiting for their iterators to be destroyed.
 
 With TF 2.21 on CPU, destroying a tf.data iterator (plain or MirroredStrategy's multi-device
-one) sometimes blocks for 7 to 48 s: the destructor waits for a tf.data background thread that
-sleeps until its timer expires (`bench/iterator_bench.py` measures it). The wait releases the
-GIL, so `iterate` hands each finished iterator to one daemon thread that destroys it while
-training goes on.
+one) often blocks for seconds to tens of seconds: the destructor waits for a tf.data background
+thread that sleeps until its timer expires (`bench/iterator_bench.py` measures it). The wait
+releases the GIL, so `iterate` hands each finished iterator to one daemon thread that destroys
+it while training goes on.
 """
 
 from __future__ import annotations
