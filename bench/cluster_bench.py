@@ -3,6 +3,7 @@
 Usage:
   python bench/cluster_bench.py [--sizes=12936x2048,32621x6144,100000x256] [--backend=auto]
   python bench/cluster_bench.py --compare=16522x2048 --backend=ivf   # or --backend=pynndescent
+  python bench/cluster_bench.py --compare=1000000x256 --backend=ivf --recall_queries=2000
 
 Each size runs in its own subprocess so that its peak resident memory (ru_maxrss, features
 included) is its own. The generator is fixed: identities of ~20 images seen by 2-6 of 8 cameras,
@@ -101,6 +102,38 @@ def compare(n: int, dim: int, backend: str) -> dict:
             "ari_approx_vs_truth": _ari(ids, approx_labels)}
 
 
+def sampled_recall(n: int, dim: int, backend: str, queries: int, seed: int = 0) -> dict:
+    """Recall of --backend on a sample of queries, checked by brute force against all N points.
+
+    Also the fraction of each query's 20 nearest others that share its identity, exact and
+    approximate: how crowded the generated identities are at this N, apart from the backend.
+    """
+    from mlc_tf.clustering import jaccard
+
+    x, ids = make_features(n, dim)
+    length = jaccard.required_list_length(20)
+    start = time.perf_counter()
+    approx = knn.neighbours(x, length, backend)
+    seconds = time.perf_counter() - start
+    sample = np.random.default_rng(seed).choice(n, queries, replace=False)
+    recall, exact_same, approx_same = [], [], []
+    for chunk in np.array_split(sample, -(-queries // 64)):
+        sq_dist = 2.0 - 2.0 * (x[chunk] @ x.T)  # unit-norm features
+        sq_dist[np.arange(len(chunk)), chunk] = -1.0  # the query itself first, as knn does
+        nearest = np.argpartition(sq_dist, length - 1, axis=1)[:, :length]
+        for row, query in enumerate(chunk):
+            approx_row = approx.indices[query]
+            recall.append(len(np.intersect1d(nearest[row], approx_row)) / length)
+            others = nearest[row][nearest[row] != query]
+            exact_20 = others[np.argsort(sq_dist[row, others])[:20]]
+            exact_same.append(np.mean(ids[exact_20] == ids[query]))
+            approx_same.append(np.mean(ids[approx_row[1:21]] == ids[query]))
+    return {"n": n, "dim": dim, "backend": backend, "neighbours_s": seconds,
+            "queries": queries, "recall@21": float(np.mean(recall)),
+            "exact_same_id@20": float(np.mean(exact_same)),
+            "approx_same_id@20": float(np.mean(approx_same))}
+
+
 def _parse(size: str) -> tuple[int, int]:
     n, dim = size.lower().split("x")
     return int(n), int(dim)
@@ -119,6 +152,16 @@ def _print_comparison(r: dict) -> None:
           f"({r['exact_neighbours_s']:.1f}) | {r['recall@21']:.3f} | {r['row_max_rel_err']:.3f} | "
           f"{r['ari_approx_vs_exact']:.4f} | {r['ari_exact_vs_truth']:.3f} | "
           f"{r['ari_approx_vs_truth']:.3f} |")
+
+
+def _print_sampled(r: dict) -> None:
+    _print_header()
+    print("| N | d | kNN backend | neighbours s | queries | recall@21 | same id in 20-NN: exact | "
+          "same id in 20-NN: approx |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| {r['n']:,} | {r['dim']:,} | {r['backend']} | {r['neighbours_s']:.1f} | "
+          f"{r['queries']:,} | {r['recall@21']:.3f} | {r['exact_same_id@20']:.3f} | "
+          f"{r['approx_same_id@20']:.3f} |")
 
 
 def _print_sizes(rows: list[dict]) -> None:
@@ -141,6 +184,9 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=knn.BACKENDS,
                         help="kNN backend; with --compare, 'auto' means pynndescent")
     parser.add_argument("--compare", help="NxD: recall and label ARI of --backend vs exact")
+    parser.add_argument("--recall_queries", type=int,
+                        help="with --compare: check recall by brute force on this many sampled "
+                             "queries only (for N too large for exact neighbours of all points)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -148,6 +194,11 @@ def main() -> None:
         return
     if args.compare:
         backend = "pynndescent" if args.backend == "auto" else args.backend
+        if args.recall_queries:
+            result = sampled_recall(*_parse(args.compare), backend, args.recall_queries)
+            print(json.dumps(result), flush=True)
+            _print_sampled(result)
+            return
         result = compare(*_parse(args.compare), backend)
         print(json.dumps(result), flush=True)
         _print_comparison(result)
