@@ -24,13 +24,14 @@ _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
 
-def _conv_init() -> keras.initializers.Initializer:
-    """torchvision's ResNet initialisation (He normal, fan_out), used when training from scratch.
+def _conv2d(filters: int, size: int, name: str, **options) -> layers.Conv2D:
+    """Conv2D with torchvision's ResNet initialisation (He normal, fan_out) for from-scratch runs.
 
-    One initializer per convolution: its seed is drawn when it is created, so after
+    Each convolution gets its own initializer, whose seed is drawn when it is created: after
     keras.utils.set_random_seed every build is reproducible and no two kernels are equal.
     """
-    return keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+    initializer = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
+    return layers.Conv2D(filters, size, kernel_initializer=initializer, name=name, **options)
 
 
 @keras.saving.register_keras_serializable(package="mlc_tf")
@@ -181,8 +182,7 @@ def _batch_norm(x, name: str, synchronized: bool, epsilon: float):
 
 def _stem(x, synchronized: bool, epsilon: float, use_bias: bool):
     x = layers.ZeroPadding2D(3, name="conv1_pad")(x)
-    x = layers.Conv2D(64, 7, strides=2, use_bias=use_bias, kernel_initializer=_conv_init(),
-                      name="conv1_conv")(x)
+    x = _conv2d(64, 7, "conv1_conv", strides=2, use_bias=use_bias)(x)
     x = _batch_norm(x, "conv1_bn", synchronized, epsilon)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
@@ -194,18 +194,15 @@ def _bottleneck(x, filters: int, stride: int, project: bool, name: str, synchron
     eps = 1.001e-5  # Keras ResNet50's value, which its ImageNet statistics were saved with
     shortcut = x
     if project:
-        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, kernel_initializer=_conv_init(),
-                                 name=f"{name}_0_conv")(x)
+        shortcut = _conv2d(4 * filters, 1, f"{name}_0_conv", strides=stride)(x)
         shortcut = _batch_norm(shortcut, f"{name}_0_bn", synchronized, eps)
-    x = layers.Conv2D(filters, 1, strides=stride, kernel_initializer=_conv_init(),
-                      name=f"{name}_1_conv")(x)
+    x = _conv2d(filters, 1, f"{name}_1_conv", strides=stride)(x)
     x = _batch_norm(x, f"{name}_1_bn", synchronized, eps)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", kernel_initializer=_conv_init(),
-                      name=f"{name}_2_conv")(x)
+    x = _conv2d(filters, 3, f"{name}_2_conv", padding="same")(x)
     x = _batch_norm(x, f"{name}_2_bn", synchronized, eps)
     x = layers.Activation("relu", name=f"{name}_2_relu")(x)
-    x = layers.Conv2D(4 * filters, 1, kernel_initializer=_conv_init(), name=f"{name}_3_conv")(x)
+    x = _conv2d(4 * filters, 1, f"{name}_3_conv")(x)
     x = _batch_norm(x, f"{name}_3_bn", synchronized, eps)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
@@ -225,15 +222,12 @@ def _resnet50(x, synchronized: bool):
 def _basic_block(x, filters: int, stride: int, name: str, synchronized: bool):
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
-        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False,
-                                 kernel_initializer=_conv_init(), name=f"{name}_0_conv")(x)
+        shortcut = _conv2d(filters, 1, f"{name}_0_conv", strides=stride, use_bias=False)(x)
         shortcut = _batch_norm(shortcut, f"{name}_0_bn", synchronized, 1e-5)
-    x = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False,
-                      kernel_initializer=_conv_init(), name=f"{name}_1_conv")(x)
+    x = _conv2d(filters, 3, f"{name}_1_conv", strides=stride, padding="same", use_bias=False)(x)
     x = _batch_norm(x, f"{name}_1_bn", synchronized, 1e-5)
     x = layers.Activation("relu", name=f"{name}_1_relu")(x)
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False,
-                      kernel_initializer=_conv_init(), name=f"{name}_2_conv")(x)
+    x = _conv2d(filters, 3, f"{name}_2_conv", padding="same", use_bias=False)(x)
     x = _batch_norm(x, f"{name}_2_bn", synchronized, 1e-5)
     x = layers.Add(name=f"{name}_add")([shortcut, x])
     return layers.Activation("relu", name=f"{name}_out")(x)
