@@ -51,6 +51,9 @@ class ModelConfig:
     multiscale: bool = _field(True, "Global + upper + lower features; false = 'w/o MN' ablation.")
     pooling: str = _field("avg", "Pooling of every branch (spec A1).", ("avg", "max"))
     pretrained: str = _field("imagenet", "'none', 'imagenet' or a ResNet50 weights file.")
+    init_from: str = _field("", "Start from a run of this project: a workdir (its newest "
+                            "checkpoint) or an export; weights load by layer name, the memory, "
+                            "classifier and optimizer start fresh. Empty = --pretrained.")
     synchronized_bn: bool = _field(
         True, "Sync BatchNorm statistics across replicas (one-replica-equivalent training).")
     eval_feature: str = _field("pooled", "Feature evaluated and exported: pre-BN 'pooled' or "
@@ -111,6 +114,9 @@ class ClusterConfig:
 class TrainConfig:
     """Optimiser, schedule and loop (spec §7.1)."""
 
+    supervised: bool = _field(
+        False, "Train on the dataset's true train identities with CE + triplet over PK "
+        "batches, no memory loss and no clustering (the paper's supervised Baseline1).")
     epochs: int = _field(60, "Number of epochs (0 exports the untrained network, a baseline).")
     lr: float = _field(0.1, "Learning rate of the new layers (BN neck, classifier).")
     backbone_lr_mult: float = _field(0.1, "Backbone learning rate = lr * this.")
