@@ -8,6 +8,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
+# Layout of a workdir: the resolved config and the checkpoint folder.
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
 # Checkpoint keys of the plain tensors we read before restoring.
 _FINGERPRINT_KEY = "fingerprint/.ATTRIBUTES/VARIABLE_VALUE"
 _KEYS = {"epoch": "epoch/.ATTRIBUTES/VARIABLE_VALUE",

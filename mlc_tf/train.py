@@ -25,8 +25,6 @@ from mlc_tf.data import datasets
 from mlc_tf.data import iteration
 from mlc_tf.data import pipeline
 
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
 SUMMARY_DIR = "summaries"
 EXPORT_DIR = "export"
 BEST_EXPORT_DIR = "export_best_by_test"
@@ -95,7 +93,7 @@ def run(config: config_lib.Config, workdir: str, *,
         NonFiniteLossError: the loss became NaN or Inf; the last checkpoint is kept.
     """
     os.makedirs(workdir, exist_ok=True)
-    config_lib.save_json(config, os.path.join(workdir, CONFIG_FILE))
+    config_lib.save_json(config, os.path.join(workdir, checkpointing.CONFIG_FILE))
     train_cfg = config.train
     keras.utils.set_random_seed(train_cfg.seed)
     keras.mixed_precision.set_global_policy(
@@ -130,7 +128,7 @@ def run(config: config_lib.Config, workdir: str, *,
     fingerprint = {"dataset": data.name, "num_train": num_train, "feature_dim": dim,
                    "backbone": model_cfg.backbone, "multiscale": model_cfg.multiscale,
                    "pooling": model_cfg.pooling, "image_size": list(config.data.image_size)}
-    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR),
+    checkpointer = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
                                               fingerprint, train_cfg.keep_checkpoints)
     start_epoch = _restore(checkpointer, learner, state, train_cfg.seed)
     writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
