@@ -111,10 +111,10 @@ class MemoryBank(tf.Module):
         `strategy.run`: there the features and indices of all replicas are all-gathered
         first, so every replica copy receives the whole global batch in one scatter.
 
-        Duplicate indices: the PK and epoch samplers never put a slot twice in one global
-        batch. Should it happen, every occurrence writes the row computed from the *last*
-        occurrence's feature and the old memory row, which keeps the scatter independent
-        of its order (MMCL instead applies duplicates one after the other).
+        Duplicate indices: the PK sampler repeats the slots of clusters smaller than K (the
+        epoch sampler never repeats one). Every occurrence writes the row computed from the
+        *last* occurrence's feature and the old memory row, which keeps the scatter
+        independent of its order (MMCL instead applies duplicates one after the other).
 
         Args:
             features: (B_local, D) L2-normalised features of this replica; not differentiated.

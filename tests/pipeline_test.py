@@ -95,26 +95,29 @@ def test_train_dataset_resumes_by_skipping(images):
     np.testing.assert_array_equal(np.stack(full[1:]), np.stack(resumed))
 
 
-def test_pk_dataset_labels_outliers_and_distinct_indices(images):
-    labels = np.array([0, 0, 0, 0, 1, 1, 1, -1, 2, 2, 2, 2, 2, 3, 3, -1, 4, 4, 4, 4])
+def test_pk_dataset_labels_outliers_and_p_by_k_batches(images):
+    # Cluster sizes 4, 3, 5, 1, 4 and two outliers; K = 2, P = 3.
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, -1, 2, 2, 2, 2, 2, 3, 4, -1, 4, 4, 4, 4])
     indices = np.arange(500, 520)
     dataset = pipeline.make_pk_dataset(images, np.arange(20) % 2, indices, labels,
                                        num_instances=2, batch_size=6, image_size=SIZE, seed=3,
                                        epoch=2, augment=NO_AUGMENT, camera_aware=True)
     assert dataset.cardinality() == pipeline.pk_steps_per_epoch(labels, 6) == 3
-    seen = []
     for batch in dataset:
         assert set(batch) == {"image", "index", "camid", "label"}
         index = batch["index"].numpy()
-        assert batch["label"].dtype == tf.int32 and len(set(index)) == 6
-        np.testing.assert_array_equal(batch["label"].numpy(), labels[index - 500])
+        label = batch["label"].numpy()
+        assert batch["label"].dtype == tf.int32 and len(index) == 6
+        np.testing.assert_array_equal(label, labels[index - 500])
         np.testing.assert_array_equal(batch["camid"].numpy(), (index - 500) % 2)
-        assert np.all(batch["label"].numpy() >= 0)
+        assert np.all(label >= 0)
+        # P = 3 pairs, each of one cluster; only the size-1 cluster repeats its sample.
+        assert all(label[i] == label[i + 1] for i in range(0, 6, 2))
+        assert len(set(label)) == 3
+        repeated = [i for i in set(index) if list(index).count(i) > 1]
+        assert set(labels[np.array(repeated, int) - 500]) <= {3}
         for image, i in zip(batch["image"].numpy(), index):
             assert _grey_of(image) == i - 500
-        seen.extend(index.tolist())
-    # 18 labelled samples in 3 batches of 6: each exactly once.
-    assert sorted(seen) == [500 + i for i in np.flatnonzero(labels >= 0)]
 
 
 def test_pk_dataset_is_reproducible_and_changes_with_epoch(images):
@@ -143,8 +146,12 @@ def test_errors(images):
         pipeline.make_train_dataset(images, [0] * 20, [0] * 20, image_size=SIZE, batch_size=4,
                                     seed=0, epoch=0, augment=NO_AUGMENT)
     with pytest.raises(ValueError, match="pseudo label"):
-        pipeline.make_pk_dataset(images, [0] * 20, range(20), [-1] * 18 + [0, 0],
+        pipeline.make_pk_dataset(images, [0] * 20, range(20), [-1] * 20,
                                  num_instances=2, batch_size=4, image_size=SIZE, seed=0, epoch=0,
+                                 augment=NO_AUGMENT)
+    with pytest.raises(ValueError, match="multiple of num_instances"):
+        pipeline.make_pk_dataset(images, [0] * 20, range(20), [0] * 20,
+                                 num_instances=4, batch_size=6, image_size=SIZE, seed=0, epoch=0,
                                  augment=NO_AUGMENT)
 
 

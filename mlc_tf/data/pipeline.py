@@ -169,22 +169,24 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
                     camera_aware: bool = False) -> tf.data.Dataset:
     """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
 
-    No sample appears twice in a batch, every batch has exactly batch_size samples, and every
-    labelled sample appears once per epoch (the last batch is topped up with samples of the
-    first); pk_steps_per_epoch() batches come out.
+    Every batch is P = batch_size / K clusters x K samples, so every sample has a same-label
+    partner in its batch; clusters of fewer than K members are sampled with replacement (a
+    repeat gets its own augmentation, seeded by its position). Nearly every labelled sample
+    appears once per epoch; pk_steps_per_epoch() batches come out.
 
     Args:
         paths, camids, indices: as make_train_dataset.
         pseudo_labels: (N,) cluster of each sample, -1 for outliers (never sampled).
         num_instances: K, instances per cluster in a batch.
-        batch_size, image_size, seed, epoch, augment: as make_train_dataset.
+        batch_size: samples per batch, a multiple of K.
+        image_size, seed, epoch, augment: as make_train_dataset.
         camera_aware: mix cameras within each cluster's group of a batch.
 
     Returns:
         Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
 
     Raises:
-        ValueError: mismatched lengths, or fewer labelled samples than batch_size.
+        ValueError: mismatched lengths, batch_size not a multiple of K, or no labelled sample.
     """
     paths, camids, indices = _check_columns(paths, camids, indices)
     labels = np.asarray(pseudo_labels, np.int64).reshape(-1)

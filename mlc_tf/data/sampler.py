@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -12,87 +13,134 @@ def pk_num_batches(labels: np.ndarray, batch_size: int) -> int:
     return math.ceil(int(np.sum(np.asarray(labels) >= 0)) / batch_size)
 
 
-def _split_cluster(members: np.ndarray, cams: np.ndarray, num_instances: int,
-                   rng: np.random.Generator, camera_aware: bool) -> list[np.ndarray]:
-    """Partitions one cluster into ceil(n / K) groups whose sizes differ by at most one.
+def _cluster_groups(members: np.ndarray, cams: np.ndarray, num_instances: int,
+                    rng: np.random.Generator,
+                    camera_aware: bool) -> list[tuple[np.ndarray, int]]:
+    """One pass over a cluster: ceil(n / K) groups of exactly K positions, all members in one.
 
-    Members are dealt round-robin to the groups from a random order, which gives a uniformly
-    random balanced partition. Camera-aware, the order first groups members by camera (cameras
-    in random order, members shuffled within each): dealing then spreads every camera over the
-    groups, so each group mixes as many cameras as the cluster allows.
+    A cluster of n < K members is one group holding each member floor(K / n) or ceil(K / n)
+    times (sampling with replacement, as torchreid and SpCL do, but never leaving a member
+    out). Otherwise the members are dealt round-robin from a random order into ceil(n / K)
+    groups of near-equal size, and each group short of K is completed with other members of
+    the cluster (distinct from the group's own), so every member appears once plus a few
+    completions and no group repeats a sample. Camera-aware, the order first groups members by
+    camera (cameras in random order, members shuffled within each): dealing then spreads every
+    camera over the groups, and completions prefer cameras the group lacks (SpCL's sampler
+    prefers instances from other cameras).
+
+    Args:
+        members: (n,) sample positions of one cluster.
+        cams: (n,) their camera ids.
+        num_instances: K.
+        rng: NumPy generator.
+        camera_aware: spread cameras over the groups as above.
+
+    Returns:
+        ceil(n / K) pairs (K positions from `members`, how many of them are the group's own
+        members rather than completions).
     """
-    order = rng.permutation(len(members))
+    size = len(members)
+    order = rng.permutation(size)
+    if size < num_instances:
+        return [(members[np.resize(order, num_instances)], size)]
     if camera_aware:
-        cameras, camera_of = np.unique(cams[order], return_inverse=True)
-        camera_rank = rng.permutation(len(cameras))[camera_of]
+        _, camera_of = np.unique(cams[order], return_inverse=True)
+        camera_rank = rng.permutation(camera_of.max() + 1)[camera_of]
         order = order[np.argsort(camera_rank, kind="stable")]
-    num_groups = math.ceil(len(members) / num_instances)
-    return [members[order[g::num_groups]] for g in range(num_groups)]
+    num_groups = math.ceil(size / num_instances)
+    groups = []
+    for group in range(num_groups):
+        picked = order[group::num_groups]
+        own = len(picked)
+        if own < num_instances:
+            others = rng.permutation(np.setdiff1d(np.arange(size), picked))
+            if camera_aware:
+                seen_camera = np.isin(cams[others], cams[picked])
+                others = others[np.argsort(seen_camera, kind="stable")]
+            picked = np.concatenate([picked, others[:num_instances - len(picked)]])
+        groups.append((members[picked], own))
+    return groups
 
 
 def pk_batches(labels: np.ndarray, camids: np.ndarray, num_instances: int, batch_size: int,
                rng: np.random.Generator, camera_aware: bool = False) -> list[np.ndarray]:
-    """One epoch of PK batches of sample positions: every labelled sample once, plus a filler.
+    """One epoch of PK batches of sample positions: P = batch_size / K clusters x K instances.
 
-    Design (the memory bank's scatter update makes a repeated index within one batch
-    order-dependent, so no batch may hold a sample twice):
+    torchreid's RandomIdentitySampler semantics, with SpCL's camera-aware option:
 
-    1. Each cluster of n members is split into ceil(n / K) disjoint groups of near-equal size
-       (n = 5, K = 4 gives 3 + 2, never 4 + 1), so with K >= 3 no group of a cluster of n >= 2
-       lacks a positive for the triplet loss. A cluster with fewer than K members is one group
-       of all its distinct members, never padded by repeats (where torchreid and SpCL sample
-       with replacement); other groups fill the rest of the batch.
-    2. The groups of all clusters are shuffled and concatenated into one stream, which is cut
-       into batches of batch_size. The stream holds each labelled sample exactly once, so every
-       batch is duplicate-free and the epoch covers the labelled set (sample-uniform, like
-       torchreid's RandomIdentitySampler, but without its padding by repetition).
-    3. The last batch is topped up with the first samples of the stream. Those lie in the first
-       batch, which is not the last one whenever a top-up is needed (one batch means exactly
-       batch_size labelled samples), so no duplicate appears there either.
+    1. Each cluster is cut into groups of exactly K samples (see _cluster_groups): a cluster
+       of fewer than K members repeats its members (sampling with replacement), a larger one
+       is split into near-equal groups completed from the same cluster. One pass over all
+       clusters holds every labelled sample at least once. With K >= 2 every sample therefore
+       has a same-label partner at another position of its batch, as the triplet loss needs.
+    2. Each batch takes P groups, one at a time, each from a cluster not yet in this batch,
+       drawn with probability proportional to the members its unused groups still bring (a
+       group's own members, completions and repeats not counted). A batch thus holds P
+       distinct clusters when there are at least P, and samples are drawn close to uniformly.
+       When no drawable cluster has a group left, every cluster gets a new pass of groups.
+    3. The epoch has ceil(N_labelled / batch_size) batches (spec §7.2). Completing short
+       groups makes one pass longer than that, so some groups are left for no batch; the
+       weighting leaves mostly those that bring few members (tiny clusters, which would
+       come last), so nearly every labelled sample is visited once per epoch.
 
-    When every cluster size is a multiple of K and batch_size is a multiple of K, each batch is
-    exactly P = batch_size / K groups of K. Otherwise a group may be smaller than K, and the
-    group at each batch boundary is split across the two batches (into parts that may be
-    single samples). Large clusters appear in
-    proportion to their size (each sample once per epoch), unlike SpCL's sampler, which draws
-    K instances per cluster per pass and so oversamples small clusters; every labelled
-    memory-bank slot is therefore refreshed each epoch.
+    A sample appears twice in one batch only within the group of a cluster of fewer than K
+    members, or when there are fewer than P clusters, so that a cluster fills several groups
+    of a batch. The memory bank's update handles such repeats (the last occurrence wins).
 
     Args:
         labels: (N,) int pseudo labels; negative values (DBSCAN outliers) are never sampled.
         camids: (N,) int camera ids (used by the camera-aware variant).
-        num_instances: K, the largest group a cluster is split into.
-        batch_size: samples per batch.
+        num_instances: K, samples per cluster group.
+        batch_size: samples per batch, a multiple of K.
         rng: NumPy generator; equal generator states give equal batches.
-        camera_aware: spread each cluster's cameras over its groups so that a group mixes
-            cameras (SpCL's sampler prefers instances from other cameras).
+        camera_aware: mix cameras within each group (SpCL prefers other cameras).
 
     Returns:
-        pk_num_batches(labels, batch_size) int64 arrays of batch_size distinct positions in
-        [0, N).
+        pk_num_batches(labels, batch_size) int64 arrays of batch_size positions in [0, N):
+        P runs of K consecutive positions, each run one cluster.
 
     Raises:
-        ValueError: bad arguments, or fewer labelled samples than batch_size (no batch of
-            distinct samples can be filled).
+        ValueError: bad arguments, or no sample has a pseudo label.
     """
     labels = np.asarray(labels).reshape(-1)
     camids = np.asarray(camids).reshape(-1)
     if labels.shape != camids.shape:
         raise ValueError(f"labels {labels.shape} and camids {camids.shape} differ in length")
-    if num_instances < 1 or batch_size < 1:
-        raise ValueError(f"num_instances ({num_instances}) and batch_size ({batch_size}) "
-                         "must be >= 1")
+    if num_instances < 1 or batch_size < 1 or batch_size % num_instances:
+        raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of "
+                         f"num_instances ({num_instances})")
     labelled = np.flatnonzero(labels >= 0)
-    if len(labelled) < batch_size:
-        raise ValueError(f"only {len(labelled)} samples have a pseudo label (non-outliers), fewer "
-                         f"than batch_size {batch_size}: cannot fill one batch of distinct samples")
+    if not len(labelled):
+        raise ValueError("no sample has a pseudo label (all are outliers): no PK batch to draw")
     # A stable sort keeps members in position order, so the result depends only on rng.
     by_label = labelled[np.argsort(labels[labelled], kind="stable")]
     _, starts = np.unique(labels[by_label], return_index=True)
-    groups = [group for members in np.split(by_label, starts[1:])
-              for group in _split_cluster(members, camids[members], num_instances, rng,
-                                          camera_aware)]
-    stream = np.concatenate([groups[g] for g in rng.permutation(len(groups))]).astype(np.int64)
-    num_batches = pk_num_batches(labels, batch_size)
-    stream = np.concatenate([stream, stream[:num_batches * batch_size - len(stream)]])
-    return list(stream.reshape(num_batches, batch_size))
+    clusters = np.split(by_label.astype(np.int64), starts[1:])
+    queues = [collections.deque() for _ in clusters]
+    unvisited = np.zeros(len(clusters))  # own members of each cluster's queued groups
+
+    def add_pass():
+        for cluster, members in enumerate(clusters):
+            groups = _cluster_groups(members, camids[members], num_instances, rng, camera_aware)
+            queues[cluster].extend(groups)
+            unvisited[cluster] += sum(own for _, own in groups)
+
+    add_pass()
+    batches = []
+    for _ in range(pk_num_batches(labels, batch_size)):
+        drawable = np.ones(len(clusters), bool)
+        groups = []
+        for _ in range(batch_size // num_instances):
+            if not drawable.any():  # fewer clusters than P: clusters fill several groups
+                drawable[:] = True
+            weights = unvisited * drawable
+            if not weights.any():
+                add_pass()
+                weights = unvisited * drawable
+            cluster = rng.choice(len(clusters), p=weights / weights.sum())
+            group, own = queues[cluster].popleft()
+            groups.append(group)
+            unvisited[cluster] -= own
+            drawable[cluster] = False
+        batches.append(np.concatenate(groups))
+    return batches
