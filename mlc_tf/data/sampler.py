@@ -79,9 +79,10 @@ def pk_batches(labels: np.ndarray, camids: np.ndarray, num_instances: int, batch
        distinct clusters when there are at least P, and samples are drawn close to uniformly.
        When no drawable cluster has a group left, every cluster gets a new pass of groups.
     3. The epoch has ceil(N_labelled / batch_size) batches (spec §7.2). Completing short
-       groups makes one pass longer than that, so some groups are left for no batch; the
-       weighting leaves mostly those that bring few members (tiny clusters, which would
-       come last), so nearly every labelled sample is visited once per epoch.
+       groups makes one pass longer than that, so some groups wait for the next epoch; the
+       weighting makes those that bring few members (tiny clusters' groups) the likeliest to
+       wait. On DBSCAN-like cluster sizes (4-20, K = 4) an epoch visits about 92% of the
+       labelled samples (tests/sampler_test.py).
 
     A sample appears twice in one batch only within the group of a cluster of fewer than K
     members, or when there are fewer than P clusters, so that a cluster fills several groups
