@@ -91,13 +91,13 @@ def _read_workdir(path: str):
         backbone=run_config.model.backbone, image_size=run_config.data.image_size,
         multiscale=run_config.model.multiscale, pooling=run_config.model.pooling,
         pretrained="none")
-    status = tf.train.Checkpoint(model=source).restore(checkpoint)
     try:
+        # expect_partial: the optimizers, memory, classifier and run state are not read.
+        status = tf.train.Checkpoint(model=source).restore(checkpoint).expect_partial()
         status.assert_existing_objects_matched()
-    except AssertionError as err:
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as err:
         raise ValueError(f"init_from {path}: checkpoint {checkpoint} does not hold the network "
                          f"that {checkpointing.CONFIG_FILE} describes ({err})") from None
-    status.expect_partial()  # optimizers, memory, classifier and run state are not read
     # Checkpointer.save numbers each checkpoint by its completed epochs.
     epoch = int(checkpoint.rsplit("-", 1)[-1])
     # The run's own inputs, which a network built without its ImageNet weights does not have.

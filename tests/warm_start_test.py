@@ -189,3 +189,14 @@ def test_wrong_paths(tmp_path, workdir):
     plain_export = export_lib.export_feature_extractor(plain, str(tmp_path / "plain"))
     with pytest.raises(ValueError, match="does not describe a network"):
         warm_start.load_initial_weights(_build(), plain_export)
+
+
+def test_config_json_that_does_not_describe_the_checkpoint(workdir, tmp_path):
+    # train.run writes config.json before it restores, so a refused resume leaves one behind.
+    stale = str(tmp_path / "stale")
+    shutil.copytree(workdir[0], stale)
+    other = config_lib.from_flat({"backbone": "resnet18", "image_size": SOURCE_SIZE,
+                                  "pretrained": "none", "multiscale": False})
+    config_lib.save_json(other, os.path.join(stale, checkpointing.CONFIG_FILE))
+    with pytest.raises(ValueError, match="does not hold the network that config.json describes"):
+        warm_start.load_initial_weights(_build(multiscale=False), stale)
