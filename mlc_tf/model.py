@@ -67,6 +67,13 @@ def feature_dim(backbone: str, multiscale: bool) -> int:
     return _CHANNELS[backbone] * (3 if multiscale else 1)
 
 
+def preprocessing_mode(pretrained: str) -> str:
+    """Preprocess mode of a network built with `pretrained`: 'caffe' or 'torch'."""
+    # The Keras ImageNet weights were trained on caffe-style inputs; from scratch we use the
+    # torch convention of the reference codes.
+    return "caffe" if pretrained != "none" else "torch"
+
+
 def build_model(*, backbone: str = "resnet50", image_size: Sequence[int] = (256, 128),
                 multiscale: bool = True, pooling: str = "avg", pretrained: str = "none",
                 synchronized_bn: bool = False, name: str = "mlc") -> keras.Model:
@@ -101,9 +108,7 @@ def build_model(*, backbone: str = "resnet50", image_size: Sequence[int] = (256,
     if pretrained != "none" and backbone != "resnet50":
         raise ValueError(f"pretrained={pretrained!r} needs backbone='resnet50'; "
                          f"{backbone} has no published weights here, use pretrained='none'")
-    # The Keras ImageNet weights were trained on caffe-style inputs; from scratch we use the
-    # torch convention of the reference codes.
-    mode = "caffe" if pretrained != "none" else "torch"
+    mode = preprocessing_mode(pretrained)
     # Read the weights first so that a bad source fails before the slow build.
     weights = _read_pretrained(pretrained) if pretrained != "none" else None
 
@@ -132,7 +137,7 @@ def build_model(*, backbone: str = "resnet50", image_size: Sequence[int] = (256,
                                      name="bn_neck", dtype="float32")(f_all)
     model = keras.Model(images, {"pooled": f_all, "neck": neck}, name=name)
     if weights is not None:
-        _assign_by_name(model, weights, pretrained)
+        assign_by_name(model, weights, pretrained)
     return model
 
 
@@ -250,7 +255,7 @@ def _read_pretrained(pretrained: str) -> dict[str, dict[str, np.ndarray]]:
             raise RuntimeError(
                 f"could not fetch the Keras ImageNet ResNet50 weights ({err}); on an offline "
                 f"machine copy {IMAGENET_WEIGHTS_FILE} over and pass pretrained=PATH") from err
-        return _layer_weights(reference)
+        return layer_weights(reference)
     if not os.path.isfile(pretrained):
         raise FileNotFoundError(f"pretrained weights file {pretrained!r} does not exist "
                                 "(expected 'none', 'imagenet' or a path to a ResNet50 .h5)")
@@ -270,17 +275,36 @@ def _read_pretrained(pretrained: str) -> dict[str, dict[str, np.ndarray]]:
             input_shape=(224, 224, 3) if include_top else (None, None, 3))
         try:
             reference.load_weights(pretrained)
-            return _layer_weights(reference)
+            return layer_weights(reference)
         except Exception as err:  # Keras raises ValueError/KeyError/TypeError on mismatch
             errors.append(f"include_top={include_top}: {err}")
     raise ValueError(f"{pretrained!r} does not hold keras.applications.ResNet50 weights: "
                      + "; ".join(errors))
 
 
-def _assign_by_name(model: keras.Model, weights: dict, source: str) -> None:
-    missing, mismatched = [], []
+def assign_by_name(model: keras.Model, weights: dict[str, dict[str, np.ndarray]],
+                   source: str, skip_layers: Sequence[str] = HEAD_LAYER_NAMES) -> int:
+    """Sets every layer's weights from `weights`, matched by layer and variable name.
+
+    Every layer is checked before any is set, so on an error the model is unchanged.
+
+    Args:
+        model: the model to fill.
+        weights: {layer name: {variable name ('kernel', 'gamma', ...): array}}, as
+            layer_weights returns.
+        source: where the weights come from, for the error message.
+        skip_layers: layers left as they are (by default the BN neck, which ImageNet
+            weights do not have).
+
+    Returns:
+        the number of layers set.
+
+    Raises:
+        ValueError: a layer is missing from `weights`, has other variables or other shapes.
+    """
+    missing, mismatched, updates = [], [], []
     for layer in model.layers:
-        if not layer.weights or layer.name in HEAD_LAYER_NAMES:
+        if not layer.weights or layer.name in skip_layers:
             continue
         stored = weights.get(layer.name)
         ours = [_variable_name(v.path) for v in layer.weights]
@@ -291,12 +315,15 @@ def _assign_by_name(model: keras.Model, weights: dict, source: str) -> None:
         if any(tuple(a.shape) != tuple(v.shape) for a, v in zip(values, layer.weights)):
             mismatched.append(layer.name)
             continue
-        layer.set_weights(values)
+        updates.append((layer, values))
     if missing or mismatched:
         raise ValueError(
-            f"weights from {source!r} do not match the ResNet50 backbone: {len(missing)} "
+            f"weights from {source!r} do not match the model: {len(missing)} "
             f"layer(s) missing ({missing[:5]}), {len(mismatched)} with other shapes "
             f"({mismatched[:5]})")
+    for layer, values in updates:
+        layer.set_weights(values)
+    return len(updates)
 
 
 def _read_legacy_h5(group: h5py.Group) -> dict[str, dict[str, np.ndarray]]:
@@ -307,7 +334,8 @@ def _read_legacy_h5(group: h5py.Group) -> dict[str, dict[str, np.ndarray]]:
     return weights
 
 
-def _layer_weights(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
+def layer_weights(model: keras.Model) -> dict[str, dict[str, np.ndarray]]:
+    """{layer name: {variable name: array}} of every layer with weights."""
     return {layer.name: {_variable_name(v.path): v.numpy() for v in layer.weights}
             for layer in model.layers if layer.weights}
 
