@@ -21,10 +21,10 @@ def _field(default, help_text: str, choices: tuple[str, ...] | None = None):
 class DataConfig:
     """Dataset, input size, batching and augmentation."""
 
-    dataset: str = _field("synthetic", "Dataset name (mlc_tf.data.datasets.names()).")
+    dataset: str = _field("synthetic", "Dataset name (mlc_tf.data.registry.names()).")
     data_dir: str = _field("data", "Folder holding the datasets (and the synthetic cache).")
     dataset_options: tuple[str, ...] = _field(
-        (), "Extra key=value options for datasets.create, e.g. "
+        (), "Extra key=value options for registry.create, e.g. "
         "num_train_ids=32,images_per_camera=4.")
     image_size: tuple[int, int] = _field((256, 128), "Input height,width.")
     batch_size: int = _field(128, "Global training batch (all replicas together).")

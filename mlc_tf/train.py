@@ -21,9 +21,9 @@ from mlc_tf import model as model_lib
 from mlc_tf import self_paced
 from mlc_tf import summaries
 from mlc_tf import train_step
-from mlc_tf.data import datasets
 from mlc_tf.data import iteration
 from mlc_tf.data import pipeline
+from mlc_tf.data import registry
 
 SUMMARY_DIR = "summaries"
 EXPORT_DIR = "export"
@@ -103,7 +103,7 @@ def run(config: config_lib.Config, workdir: str, *,
     if config.data.batch_size % replicas:
         raise ValueError(f"batch_size {config.data.batch_size} is not divisible by the "
                          f"{replicas} replicas")
-    data = datasets.create(config.data.dataset, config.data.data_dir, **config.data.options())
+    data = registry.create(config.data.dataset, config.data.data_dir, **config.data.options())
     num_train = len(data.train)
     logging.info("%s: %d train, %d query, %d gallery images; %d replica(s), %d images per "
                  "replica", data.name, num_train, len(data.query), len(data.gallery), replicas,
