@@ -256,12 +256,6 @@ def _recluster(config, epoch, learner, state, data, true_pids, cluster_embed,
     return scalars
 
 
-def _augment_config(data_cfg: config_lib.DataConfig):
-    return pipeline.AugmentConfig(crop=data_cfg.crop, flip=data_cfg.flip,
-                                  random_erasing=data_cfg.random_erasing,
-                                  color_jitter=data_cfg.color_jitter, rotation=data_cfg.rotation)
-
-
 def _epoch_dataset(config, data, epoch: int,
                    pseudo_labels: np.ndarray | None) -> tuple[tf.data.Dataset, int]:
     """(batches, number of batches) of one epoch: all images, or PK batches over pseudo labels."""
@@ -270,7 +264,7 @@ def _epoch_dataset(config, data, epoch: int,
     camids = [s.camid for s in data.train]
     indices = list(range(len(data.train)))
     common = dict(image_size=tuple(data_cfg.image_size), batch_size=data_cfg.batch_size,
-                  seed=config.train.seed, epoch=epoch, augment=_augment_config(data_cfg))
+                  seed=config.train.seed, epoch=epoch, augment=config.augment)
     if pseudo_labels is None:
         batches = pipeline.make_train_dataset(paths, camids, indices, **common)
         steps = pipeline.train_steps_per_epoch(len(paths), data_cfg.batch_size)
