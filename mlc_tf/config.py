@@ -19,7 +19,7 @@ def _field(default, help_text: str, choices: tuple[str, ...] | None = None):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Dataset, input size, batching and augmentation."""
+    """Dataset, input size and batching."""
 
     dataset: str = _field("synthetic", "Dataset name (mlc_tf.data.registry.names()).")
     data_dir: str = _field("data", "Folder holding the datasets (and the synthetic cache).")
@@ -67,7 +67,8 @@ class AugmentConfig:
                 raise ValueError(
                     f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
         if self.rotation < 0 or not 0 <= self.color_jitter < 1 or self.crop_padding < 0:
-            raise ValueError("rotation and crop_padding must be >= 0 and color_jitter in [0, 1)")
+            raise ValueError(f"rotation and crop_padding must be >= 0 and color_jitter in [0, 1), "
+                             f"got {self.rotation}, {self.crop_padding}, {self.color_jitter}")
         for name, top in (("crop_area", 1.0), ("crop_aspect", None), ("erasing_area", 1.0),
                           ("erasing_aspect", None)):
             low_high = getattr(self, name)
