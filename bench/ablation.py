@@ -41,9 +41,9 @@ VARIANTS = {
 
 def _score(export_dir, data_dir, dataset_options):
     from mlc_tf import evaluation, export, features
-    from mlc_tf.data import datasets
+    from mlc_tf.data import registry
     extractor = export.load_feature_extractor(export_dir)
-    data = datasets.create("synthetic", data_dir, **dataset_options)
+    data = registry.create("synthetic", data_dir, **dataset_options)
     size = extractor.metadata["image_size"]
     query = features.extract_features(extractor, [s.path for s in data.query], image_size=size)
     gallery = features.extract_features(extractor, [s.path for s in data.gallery],

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from mlc_tf.config import AugmentConfig
 from mlc_tf.data import pipeline
-from mlc_tf.data.augment import AugmentConfig
 
 
 def write_images(folder: str, count: int, seed: int = 0) -> list[str]:

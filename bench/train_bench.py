@@ -49,7 +49,7 @@ def _time_case(backbone, image_size, mixed, jit):
                                  weight_decay=5e-4, jit_compile=jit)
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(FLAGS.memory_slots, memory.dim)).astype(np.float32)
-    memory.assign(rows)
+    memory.variable.assign(rows / np.linalg.norm(rows, axis=1, keepdims=True))
     num_classes = max(2, batch // 4)
     if FLAGS.joint:
         learner.new_classifier(num_classes, seed=0)

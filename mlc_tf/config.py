@@ -19,28 +19,64 @@ def _field(default, help_text: str, choices: tuple[str, ...] | None = None):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Dataset, input size, batching and augmentation."""
+    """Dataset, input size and batching."""
 
-    dataset: str = _field("synthetic", "Dataset name (mlc_tf.data.datasets.names()).")
+    dataset: str = _field("synthetic", "Dataset name (mlc_tf.data.registry.names()).")
     data_dir: str = _field("data", "Folder holding the datasets (and the synthetic cache).")
     dataset_options: tuple[str, ...] = _field(
-        (), "Extra key=value options for datasets.create, e.g. "
+        (), "Extra key=value options for registry.create, e.g. "
         "num_train_ids=32,images_per_camera=4.")
     image_size: tuple[int, int] = _field((256, 128), "Input height,width.")
     batch_size: int = _field(128, "Global training batch (all replicas together).")
     num_instances: int = _field(4, "K of the PK sampler in the SC phase (P = batch_size / K).")
     camera_aware_sampler: bool = _field(False, "PK sampler prefers instances from other cameras.")
     eval_batch_size: int = _field(128, "Batch size of feature extraction.")
-    crop: str = _field("resized", "Training crop: MMCL 'resized' crop, 'pad' (pad 10 + crop) "
-                       "or 'none'.", ("resized", "pad", "none"))
-    flip: float = _field(0.5, "Horizontal-flip probability.")
-    random_erasing: float = _field(0.5, "Random-erasing probability.")
-    color_jitter: float = _field(0.2, "Brightness/contrast/saturation jitter strength (0 = off).")
-    rotation: float = _field(10.0, "Random rotation range in degrees (0 = off).")
 
     def options(self) -> dict[str, Any]:
         """dataset_options as a dict, with ints, floats and booleans converted."""
         return parse_key_values(self.dataset_options)
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (mlc_tf.data.augment); an op is off at zero probability/strength."""
+
+    crop: str = _field("resized", "Training crop: MMCL 'resized' (a rectangle of crop_area and "
+                       "crop_aspect resized to the input; a plain resize when no draw fits), "
+                       "'pad' (resize, zero-pad by crop_padding, random crop back) or 'none'.",
+                       ("resized", "pad", "none"))
+    flip: float = _field(0.5, "Horizontal-flip probability.")
+    random_erasing: float = _field(0.5, "Probability of erasing one rectangle (Zhong et al.).")
+    color_jitter: float = _field(0.2, "Brightness, contrast and saturation factors uniform in "
+                                 "[1 - s, 1 + s] (0 = off).")
+    rotation: float = _field(10.0, "Rotation uniform in [-r, r] degrees, zero fill (0 = off).")
+    crop_area: tuple[float, float] = _field((0.64, 1.0),
+                                            "Area fraction low,high of the 'resized' crop.")
+    crop_aspect: tuple[float, float] = _field((2.0, 3.0),
+                                              "Aspect h/w low,high of the 'resized' crop.")
+    crop_padding: int = _field(10, "Zero padding in pixels of the 'pad' crop.")
+    erasing_area: tuple[float, float] = _field((0.02, 0.2),
+                                               "Area fraction low,high of the erased rectangle.")
+    erasing_aspect: tuple[float, float] = _field((0.3, 3.33),
+                                                 "Aspect h/w low,high of the erased rectangle.")
+
+    def __post_init__(self):
+        _check_choices(self)
+        for name in ("flip", "random_erasing"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        if self.rotation < 0 or not 0 <= self.color_jitter < 1 or self.crop_padding < 0:
+            raise ValueError(f"rotation and crop_padding must be >= 0 and color_jitter in [0, 1), "
+                             f"got {self.rotation}, {self.crop_padding}, {self.color_jitter}")
+        for name, top in (("crop_area", 1.0), ("crop_aspect", None), ("erasing_area", 1.0),
+                          ("erasing_aspect", None)):
+            low_high = getattr(self, name)
+            if (len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]
+                    or (top is not None and low_high[1] > top)):
+                bound = f" <= {top}" if top else ""
+                raise ValueError(f"{name} must be two numbers 0 < low <= high{bound}, "
+                                 f"got {low_high}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +179,7 @@ class Config:
     """Everything a training run depends on."""
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     loss: LossConfig = dataclasses.field(default_factory=LossConfig)
     cluster: ClusterConfig = dataclasses.field(default_factory=ClusterConfig)
@@ -152,8 +189,8 @@ class Config:
         validate(self)
 
 
-SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig,
-                             "cluster": ClusterConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"data": DataConfig, "augment": AugmentConfig, "model": ModelConfig,
+                             "loss": LossConfig, "cluster": ClusterConfig, "train": TrainConfig}
 
 
 def validate(config: Config) -> None:
@@ -163,12 +200,7 @@ def validate(config: Config) -> None:
         ValueError: naming the first bad option.
     """
     for section in SECTIONS:
-        sub = getattr(config, section)
-        for field in dataclasses.fields(sub):
-            choices = field.metadata.get("choices")
-            if choices and getattr(sub, field.name) not in choices:
-                raise ValueError(f"{field.name}={getattr(sub, field.name)!r}; expected one of "
-                                 f"{choices}")
+        _check_choices(getattr(config, section))
     data, train = config.data, config.train
     checks = [
         (len(data.image_size) == 2 and min(data.image_size) > 0, "image_size must be H,W > 0"),
@@ -192,6 +224,15 @@ def validate(config: Config) -> None:
         if not ok:
             raise ValueError(message)
     parse_key_values(data.dataset_options)
+
+
+def _check_choices(section) -> None:
+    """Raises ValueError naming the first option of a section outside its choices."""
+    for field in dataclasses.fields(section):
+        choices = field.metadata.get("choices")
+        if choices and getattr(section, field.name) not in choices:
+            raise ValueError(f"{field.name}={getattr(section, field.name)!r}; expected one of "
+                             f"{choices}")
 
 
 def parse_key_values(items) -> dict[str, Any]:

@@ -131,20 +131,3 @@ class MemoryBank(tf.Module):
         # scatter_update, not scatter_nd_update: the latter is not implemented for
         # mirrored variables.
         self.variable.scatter_update(tf.IndexedSlices(rows, indices))
-
-    def assign(self, features: tf.Tensor) -> None:
-        """Overwrites the whole bank with L2-normalised features (SpCL-style initialisation).
-
-        Call it in cross-replica context (outside `strategy.run`).
-
-        Args:
-            features: (N, D) features of every training sample, in slot order.
-
-        Raises:
-            ValueError: if the shape is not (num_slots, dim).
-        """
-        features = tf.convert_to_tensor(features, tf.float32)
-        if tuple(features.shape) != (self.num_slots, self.dim):
-            raise ValueError(f"expected features of shape {(self.num_slots, self.dim)}, "
-                             f"got {tuple(features.shape)}")
-        self.variable.assign(tf.math.l2_normalize(features, axis=1))

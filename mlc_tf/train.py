@@ -21,9 +21,9 @@ from mlc_tf import model as model_lib
 from mlc_tf import self_paced
 from mlc_tf import summaries
 from mlc_tf import train_step
-from mlc_tf.data import datasets
 from mlc_tf.data import iteration
 from mlc_tf.data import pipeline
+from mlc_tf.data import registry
 
 SUMMARY_DIR = "summaries"
 EXPORT_DIR = "export"
@@ -103,7 +103,7 @@ def run(config: config_lib.Config, workdir: str, *,
     if config.data.batch_size % replicas:
         raise ValueError(f"batch_size {config.data.batch_size} is not divisible by the "
                          f"{replicas} replicas")
-    data = datasets.create(config.data.dataset, config.data.data_dir, **config.data.options())
+    data = registry.create(config.data.dataset, config.data.data_dir, **config.data.options())
     num_train = len(data.train)
     logging.info("%s: %d train, %d query, %d gallery images; %d replica(s), %d images per "
                  "replica", data.name, num_train, len(data.query), len(data.gallery), replicas,
@@ -256,12 +256,6 @@ def _recluster(config, epoch, learner, state, data, true_pids, cluster_embed,
     return scalars
 
 
-def _augment_config(data_cfg: config_lib.DataConfig):
-    return pipeline.AugmentConfig(crop=data_cfg.crop, flip=data_cfg.flip,
-                                  random_erasing=data_cfg.random_erasing,
-                                  color_jitter=data_cfg.color_jitter, rotation=data_cfg.rotation)
-
-
 def _epoch_dataset(config, data, epoch: int,
                    pseudo_labels: np.ndarray | None) -> tuple[tf.data.Dataset, int]:
     """(batches, number of batches) of one epoch: all images, or PK batches over pseudo labels."""
@@ -270,7 +264,7 @@ def _epoch_dataset(config, data, epoch: int,
     camids = [s.camid for s in data.train]
     indices = list(range(len(data.train)))
     common = dict(image_size=tuple(data_cfg.image_size), batch_size=data_cfg.batch_size,
-                  seed=config.train.seed, epoch=epoch, augment=_augment_config(data_cfg))
+                  seed=config.train.seed, epoch=epoch, augment=config.augment)
     if pseudo_labels is None:
         batches = pipeline.make_train_dataset(paths, camids, indices, **common)
         steps = pipeline.train_steps_per_epoch(len(paths), data_cfg.batch_size)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mlc_tf.config import AugmentConfig
 from mlc_tf.data import augment
-from mlc_tf.data.augment import AugmentConfig
 
 OFF = dict(crop="none", flip=0.0, rotation=0.0, color_jitter=0.0, random_erasing=0.0)
 MEAN = np.array(augment.IMAGENET_MEAN, np.float32)

@@ -1,11 +1,12 @@
-"""Tests of the k-reciprocal sets, the sparse Jaccard distance and its dense reference."""
+"""Tests of the k-reciprocal sets and the sparse Jaccard distance against dense references."""
 
 import numpy as np
 import pytest
 
-from mlc_tf.clustering import dense, jaccard, knn
+from mlc_tf.clustering import jaccard, knn
 
-from zhong_reference import plain_re_ranking
+from zhong_reference import (dense_encoding, dense_jaccard, dense_jaccard_distance,
+                             initial_ranking, plain_re_ranking, squared_distances)
 
 # Five points on a line (as 1-d features): 0, 1, 3, 7, 8. Squared distances from 7: 49 to 0,
 # 36 to 1, 16 to 3, 1 to 8. With k = 2, top(i, 3) (self first):
@@ -16,8 +17,8 @@ LINE = np.array([[0.0], [1.0], [3.0], [7.0], [8.0]], np.float32)
 
 def _neighbours_from_dense(features, length):
     """Exact neighbour lists from the float64 dense matrix (isolates the Jaccard code)."""
-    sq = dense.squared_distances(features)
-    rank = dense.initial_ranking(sq)[:, :length]
+    sq = squared_distances(features)
+    rank = initial_ranking(sq)[:, :length]
     return knn.Neighbours(rank, np.take_along_axis(sq, rank, 1).astype(np.float32),
                           sq.max(axis=1).astype(np.float32))
 
@@ -64,7 +65,7 @@ def test_jaccard_by_hand_spcl():
     assert (3, 0) not in set(zip(*dist.nonzero()))
     np.testing.assert_array_equal(dist.diagonal(), 0.0)
     assert dist.has_canonical_format
-    np.testing.assert_allclose(_full(dist), dense.dense_jaccard_distance(LINE, 2, 1, "spcl"),
+    np.testing.assert_allclose(_full(dist), dense_jaccard_distance(LINE, 2, 1, "spcl"),
                                atol=1e-6)
 
 
@@ -72,10 +73,10 @@ def test_jaccard_by_hand_spcl():
 def test_dense_reference_matches_plain_zhong(variant):
     x = _clustered(80, ids=8)
     plain_v, plain_jaccard = plain_re_ranking(x, len(x), 6, 3, lambda_value=0.0, variant=variant)
-    sq = dense.squared_distances(x)
-    ref_v = dense.dense_encoding(sq, 6, 3, variant)
+    sq = squared_distances(x)
+    ref_v = dense_encoding(sq, 6, 3, variant)
     np.testing.assert_allclose(ref_v, plain_v, atol=1e-12)
-    ref = dense.dense_jaccard(ref_v)
+    ref = dense_jaccard(ref_v)
     off = ~np.eye(len(x), dtype=bool)
     np.testing.assert_allclose(ref[off], plain_jaccard[off], atol=1e-9)
     assert (ref < 1).sum() > 3 * len(x)  # Not vacuous: many pairs share neighbours.
@@ -87,7 +88,7 @@ def test_sparse_equals_dense(variant, n, k1, k2):
     x = _clustered(n, seed=n)
     nbrs = _neighbours_from_dense(x, jaccard.required_list_length(k1))
     sparse = jaccard.sparse_jaccard(x, nbrs, k1, k2, variant)
-    reference = dense.dense_jaccard_distance(x, k1, k2, variant)
+    reference = dense_jaccard_distance(x, k1, k2, variant)
     np.testing.assert_allclose(_full(sparse), reference, atol=1e-6)
     assert abs(sparse - sparse.T).max() < 1e-6  # Symmetric.
 
@@ -101,7 +102,7 @@ def test_sparse_on_exact_knn_equals_dense_in_blocks(monkeypatch):
     x = _clustered(1000, dim=32, ids=30, seed=3)
     nbrs = knn.neighbours(x, jaccard.required_list_length(20), "exact")
     sparse = jaccard.sparse_jaccard(x, nbrs)
-    np.testing.assert_allclose(_full(sparse), dense.dense_jaccard_distance(x), atol=1e-6)
+    np.testing.assert_allclose(_full(sparse), dense_jaccard_distance(x), atol=1e-6)
 
 
 def test_max_distance_keeps_only_close_pairs():

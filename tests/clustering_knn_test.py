@@ -23,18 +23,18 @@ def _plain(x, k):
 def test_exact_matches_plain_sort():
     x = _clustered(400)
     order, sq, row_max = _plain(x, 15)
-    indices, distances = knn.knn(x, 15, "exact")
+    indices, distances, found_row_max = knn.neighbours(x, 15, "exact")
     assert indices.dtype == np.int64 and distances.dtype == np.float32
     np.testing.assert_array_equal(indices, order)
     np.testing.assert_allclose(distances, sq, atol=1e-5)
-    np.testing.assert_allclose(knn.neighbours(x, 15, "exact").row_max, row_max, rtol=1e-5)
+    np.testing.assert_allclose(found_row_max, row_max, rtol=1e-5)
 
 
 def test_self_first_with_duplicates():
     x = _clustered(50)
     x = np.concatenate([x, x[:10]])  # Rows 50..59 duplicate rows 0..9.
     for backend in ("exact", "ivf"):
-        indices, distances = knn.knn(x, 5, backend)
+        indices, distances, _ = knn.neighbours(x, 5, backend)
         np.testing.assert_array_equal(indices[:, 0], np.arange(60))
         np.testing.assert_array_equal(distances[:, 0], 0.0)
         assert (indices[:10, 1] == np.arange(50, 60)).all()
@@ -77,4 +77,4 @@ def test_backend_choice_and_errors():
     with pytest.raises(ValueError, match="backend"):
         knn.resolve_backend(10, 4, "faiss")
     with pytest.raises(ValueError, match="k must be"):
-        knn.knn(np.zeros((3, 2), np.float32), 4, "exact")
+        knn.neighbours(np.zeros((3, 2), np.float32), 4, "exact")

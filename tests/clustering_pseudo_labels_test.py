@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import sklearn.cluster
 
-from mlc_tf.clustering import assign_pseudo_labels, cluster, dense, jaccard, knn
+from mlc_tf.clustering import assign_pseudo_labels, cluster, jaccard, knn
+
+from zhong_reference import dense_jaccard_distance
 
 
 def _clustered(n, dim=32, ids=30, seed=0, noise=0.5):
@@ -16,7 +18,7 @@ def _clustered(n, dim=32, ids=30, seed=0, noise=0.5):
 
 def test_dbscan_sparse_equals_dense_labels():
     x, _ = _clustered(800, noise=0.9, seed=4)
-    reference = dense.dense_jaccard_distance(x)
+    reference = dense_jaccard_distance(x)
     nbrs = knn.neighbours(x, 21, "exact")
     for eps in (0.3, 0.5, 0.6):
         sparse = jaccard.sparse_jaccard(x, nbrs, max_distance=eps)
@@ -29,7 +31,7 @@ def test_dbscan_sparse_equals_dense_labels():
 
 def test_rho_eps_equals_dense_rule():
     x, _ = _clustered(500, noise=0.8)
-    reference = dense.dense_jaccard_distance(x)
+    reference = dense_jaccard_distance(x)
     upper = np.triu(reference, 1)
     values = np.sort(upper[upper > 1e-6])  # Zeros up to rounding count as zeros.
     expected = values[:int(np.round(1.6e-3 * values.size))].mean()

@@ -3,6 +3,8 @@
 import dataclasses
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -11,6 +13,20 @@ from mlc_tf import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.cfg")))
+# What configs/base.cfg resolved to when it still restated the defaults: the paper settings of
+# market.cfg, duke.cfg and msmt17.cfg (which add dataset and lambda_mmcl), pinned here so that
+# changing a default in mlc_tf/config.py cannot change those runs unnoticed.
+PAPER_SETTINGS = dict(
+    backbone="resnet50", pretrained="imagenet", multiscale=True, pooling="avg",
+    synchronized_bn=True, eval_feature="pooled", image_size=(256, 128), batch_size=128,
+    num_instances=4, eval_batch_size=256, crop="resized", flip=0.5, random_erasing=0.5,
+    color_jitter=0.2, rotation=10.0, epochs=60, lr=0.1, backbone_lr_mult=0.1, lr_step=30,
+    lr_gamma=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, mplp_threshold=0.6,
+    mplp_min_candidates=10, hard_negative_ratio=0.01, delta=5.0, warmup_epochs=6,
+    max_alpha=0.5, lambda_sc=1.0, label_smoothing=0.1, triplet_margin=0.0,
+    triplet_feature="pooled", clustering="dbscan", sc_start_epoch=15, recluster_every=1,
+    cluster_features="memory", k1=20, k2=6, jaccard_variant="zhong", min_samples=4, eps=0.6,
+    eps_mode="fixed", eval_every=5, keep_checkpoints=3)
 
 
 def _parse(*argv: str) -> config_lib.Config:
@@ -62,6 +78,11 @@ def test_json_round_trip(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     ({"lr_typo": 1.0}, "unknown options"),
+    ({"crop": "pad_typo"}, "crop='pad_typo'"),
+    ({"random_erasing": 1.5}, "random_erasing must be a probability"),
+    ({"crop_area": ["0.5"]}, r"crop_area must be two numbers 0 < low <= high <= 1.0"),
+    ({"crop_area": ["0.5", "1.5"]}, "crop_area must be two numbers"),
+    ({"erasing_aspect": ["3", "0.3"]}, "erasing_aspect must be two numbers 0 < low <= high,"),
     ({"backbone": "vgg"}, "backbone='vgg'"),
     ({"batch_size": 30, "num_instances": 4}, "multiple of num_instances"),
     ({"epochs": -1}, "epochs"),
@@ -72,6 +93,23 @@ def test_json_round_trip(tmp_path):
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
         config_lib.from_flat(options)
+
+
+def test_augmentation_is_the_augment_section_under_the_same_flag_names():
+    config = _parse("--crop=pad", "--flip=0", "--random_erasing=0.25", "--color_jitter=0",
+                    "--rotation=5", "--crop_padding=4", "--erasing_area=0.1,0.3")
+    assert config.augment == config_lib.AugmentConfig(
+        crop="pad", flip=0.0, random_erasing=0.25, color_jitter=0.0, rotation=5.0,
+        crop_padding=4, erasing_area=(0.1, 0.3))
+    assert config.data == config_lib.DataConfig()
+
+
+def test_config_loads_without_tensorflow():
+    # bin/train parses its flags before TensorFlow is imported (seconds) to reject bad ones fast.
+    code = "import sys, mlc_tf.config; sys.exit('tensorflow' in sys.modules)"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60, check=False,
+                               env=dict(os.environ, PYTHONPATH=REPO))
+    assert completed.returncode == 0, "importing mlc_tf.config imported TensorFlow"
 
 
 def test_unknown_section_is_rejected():
@@ -128,19 +166,30 @@ def test_every_config_parses_and_documents_its_launch(path):
     assert isinstance(config, config_lib.Config)
 
 
+def _option_lines(path: str) -> list[tuple[str, str]]:
+    """(name, value) of every --name=value line of a flagfile, comments and blanks skipped."""
+    with open(path) as handle:
+        lines = [line.strip() for line in handle]
+    options = [line for line in lines if line and not line.startswith("#")]
+    assert all(line.startswith("--") and "=" in line for line in options), options
+    return [tuple(line[2:].split("=", 1)) for line in options]
+
+
+def test_base_config_sets_only_what_differs_from_the_defaults():
+    lines = _option_lines(os.path.join(REPO, "configs", "base.cfg"))
+    assert lines and all(name != "flagfile" for name, _ in lines)
+    defaults = config_lib.Config()
+    restated = [f"--{name}={value}" for name, value in lines
+                if _parse(f"--{name}={value}") == defaults]
+    assert not restated, f"configs/base.cfg restates defaults of mlc_tf/config.py: {restated}"
+
+
 @pytest.mark.parametrize("name, dataset, lambda_mmcl", [
     ("market", "market1501", 0.4), ("duke", "dukemtmc", 0.3), ("msmt17", "msmt17", 0.3)])
 def test_dataset_configs_use_the_paper_settings(name, dataset, lambda_mmcl):
     config = _parse(f"--flagfile=configs/{name}.cfg")
-    assert config.data.dataset == dataset and config.loss.lambda_mmcl == lambda_mmcl
-    assert (config.model.backbone, config.model.pretrained, config.data.image_size) == (
-        "resnet50", "imagenet", (256, 128))
-    assert (config.data.batch_size, config.train.epochs, config.train.lr_step) == (128, 60, 30)
-    defaults = config_lib.Config()
-    assert config.cluster == defaults.cluster
-    assert dataclasses.replace(config.loss, lambda_mmcl=0.3) == defaults.loss
-    assert dataclasses.replace(config.train, eval_every=defaults.train.eval_every) == \
-        defaults.train
+    assert config == config_lib.from_flat(
+        {**PAPER_SETTINGS, "dataset": dataset, "lambda_mmcl": lambda_mmcl})
 
 
 def test_cpu_configs_use_the_small_backbone():

@@ -1,4 +1,4 @@
-"""Tests of the dataset registry and the Market-1501, DukeMTMC-reID and MSMT17 parsers."""
+"""Tests of the Market-1501, DukeMTMC-reID and MSMT17 parsers."""
 
 from __future__ import annotations
 
@@ -48,16 +48,10 @@ def _triples(samples) -> list[tuple[str, int, int]]:
     return [(os.path.basename(s.path), s.pid, s.camid) for s in samples]
 
 
-def test_names_and_unknown_name():
-    assert datasets.names() == ["dukemtmc", "market1501", "msmt17", "synthetic"]
-    with pytest.raises(KeyError, match="market1501"):
-        datasets.create("cuhk03", "/nonexistent")
-
-
 def test_market_counts_pids_camids_and_order(tmp_path):
     base = _market_tree(str(tmp_path))
     before = _snapshot(str(tmp_path))
-    data = datasets.create("market1501", str(tmp_path))
+    data = datasets.read_market1501(str(tmp_path))
     assert data.name == "market1501" and data.root == base and data.num_cameras == 6
     assert data.skipped == 0
     # Sorted by path; Thumbs.db ignored; camid 0-based.
@@ -83,7 +77,7 @@ def test_market_alternative_roots(tmp_path, folder):
     else:
         os.rename(base, os.path.join(str(tmp_path), folder))
         data_dir = str(tmp_path)
-    data = datasets.create("market1501", data_dir)
+    data = datasets.read_market1501(data_dir)
     assert len(data.train) == 3 and len(data.query) == 2 and len(data.gallery) == 3
 
 
@@ -93,7 +87,7 @@ def test_duke_layout(tmp_path):
         _write(os.path.join(base, "bounding_box_train", name))
     _write(os.path.join(base, "query", "0007_c1_f0000100.jpg"))
     _write(os.path.join(base, "bounding_box_test", "0007_c3_f0000200.jpg"))
-    data = datasets.create("dukemtmc", str(tmp_path))
+    data = datasets.read_dukemtmc(str(tmp_path))
     assert data.num_cameras == 8
     assert _triples(data.train) == [("0001_c8_f0000001.jpg", 1, 7), ("0005_c2_f0046182.jpg", 5, 1)]
     assert _triples(data.gallery) == [("0007_c3_f0000200.jpg", 7, 2)]
@@ -105,7 +99,7 @@ def test_duke_camera_out_of_range(tmp_path):
     _write(os.path.join(base, "query", "0007_c1_f0000100.jpg"))
     _write(os.path.join(base, "bounding_box_test", "0007_c3_f0000200.jpg"))
     with pytest.raises(DatasetError, match="c9.*out of range"):
-        datasets.create("dukemtmc", str(tmp_path))
+        datasets.read_dukemtmc(str(tmp_path))
 
 
 def _msmt_tree(root: str, version: str) -> str:
@@ -135,7 +129,7 @@ def _msmt_tree(root: str, version: str) -> str:
 def test_msmt17_list_versions(tmp_path, version):
     base = _msmt_tree(str(tmp_path), version)
     before = _snapshot(str(tmp_path))
-    data = datasets.create("msmt17", str(tmp_path))
+    data = datasets.read_msmt17(str(tmp_path))
     assert data.root == base and data.num_cameras == 15
     # Train + val combined, sorted by path; camera = third field of the name minus 1.
     assert _triples(data.train) == [("0000_000_01_0303morning_0015_0.jpg", 0, 0),
@@ -154,17 +148,17 @@ def test_msmt17_repack_layout(tmp_path):
     _write(os.path.join(base, "bounding_box_train", "0001_c12_0303morning_0015_0.jpg"))
     _write(os.path.join(base, "query", "0002_c3_0303morning_0016_0.jpg"))
     _write(os.path.join(base, "bounding_box_test", "0002_c15_0303morning_0017_0.jpg"))
-    data = datasets.create("msmt17", str(tmp_path))
+    data = datasets.read_msmt17(str(tmp_path))
     assert _triples(data.train) == [("0001_c12_0303morning_0015_0.jpg", 1, 11)]
     assert _triples(data.gallery) == [("0002_c15_0303morning_0017_0.jpg", 2, 14)]
 
 
 def test_msmt17_data_dir_is_dataset_folder_and_v2_preferred(tmp_path):
     v1 = _msmt_tree(str(tmp_path), "V1")
-    data = datasets.create("msmt17", v1)
+    data = datasets.read_msmt17(v1)
     assert data.root == v1 and len(data.train) == 3
     v2 = _msmt_tree(str(tmp_path), "V2")
-    data = datasets.create("msmt17", str(tmp_path))
+    data = datasets.read_msmt17(str(tmp_path))
     assert data.root == v2 and all("mask_train_v2" in s.path for s in data.train)
 
 
@@ -175,14 +169,14 @@ def test_msmt17_camera_out_of_range(tmp_path):
     with open(os.path.join(base, "list_val.txt"), "w") as f:
         f.write(f"{name} 2\n")
     with pytest.raises(DatasetError, match=r"camera 16 of .*line 1 of .*list_val.txt.*1\.\.15"):
-        datasets.create("msmt17", str(tmp_path))
+        datasets.read_msmt17(str(tmp_path))
 
 
 def test_msmt17_missing_listed_image(tmp_path):
     base = _msmt_tree(str(tmp_path), "V1")
     os.remove(os.path.join(base, "test", "0000", "0000_001_07_0303afternoon_0001_0.jpg"))
     with pytest.raises(DatasetError, match=r"(?s)missing.*0000_001_07.*MSMT17_V1/"):
-        datasets.create("msmt17", str(tmp_path))
+        datasets.read_msmt17(str(tmp_path))
 
 
 def test_msmt17_missing_list_file_and_bad_line(tmp_path):
@@ -190,33 +184,33 @@ def test_msmt17_missing_list_file_and_bad_line(tmp_path):
     with open(os.path.join(base, "list_val.txt"), "w") as f:
         f.write("0002/0002_005_15.jpg\n")
     with pytest.raises(DatasetError, match=r"line 1 of .*list_val.txt"):
-        datasets.create("msmt17", str(tmp_path))
+        datasets.read_msmt17(str(tmp_path))
     os.remove(os.path.join(base, "list_val.txt"))
     with pytest.raises(DatasetError, match=r"missing list file .*list_val.txt.*Expected layout"):
-        datasets.create("msmt17", str(tmp_path))
+        datasets.read_msmt17(str(tmp_path))
 
 
 def test_msmt17_empty_list_and_wrong_layout(tmp_path):
     base = _msmt_tree(str(tmp_path), "V1")
     open(os.path.join(base, "list_query.txt"), "w").close()
     with pytest.raises(DatasetError, match=r"query split is empty"):
-        datasets.create("msmt17", str(tmp_path))
+        datasets.read_msmt17(str(tmp_path))
     other = tmp_path / "other"
     (other / "MSMT17_V1" / "images").mkdir(parents=True)
     with pytest.raises(DatasetError, match=r"no MSMT17 layout found.*mask_train_v2"):
-        datasets.create("msmt17", str(other))
+        datasets.read_msmt17(str(other))
 
 
 def test_missing_root(tmp_path):
-    for name in ("market1501", "dukemtmc", "msmt17"):
+    for read in (datasets.read_market1501, datasets.read_dukemtmc, datasets.read_msmt17):
         with pytest.raises(DatasetError, match=r"does not exist.*Expected layout"):
-            datasets.create(name, str(tmp_path / "nowhere"))
+            read(str(tmp_path / "nowhere"))
 
 
 def test_no_dataset_folder(tmp_path):
     with pytest.raises(DatasetError, match=r"no dataset folder found.*Market-1501-v15.09.15.*"
                                            r"bounding_box_train"):
-        datasets.create("market1501", str(tmp_path))
+        datasets.read_market1501(str(tmp_path))
 
 
 def test_missing_split_folder(tmp_path):
@@ -224,7 +218,7 @@ def test_missing_split_folder(tmp_path):
     os.rename(os.path.join(base, "query"), os.path.join(base, "queries"))
     with pytest.raises(DatasetError,
                        match=r"(?s)missing folder .*query.*query split.*bounding_box_test"):
-        datasets.create("market1501", str(tmp_path))
+        datasets.read_market1501(str(tmp_path))
 
 
 def test_empty_split(tmp_path):
@@ -232,7 +226,7 @@ def test_empty_split(tmp_path):
     for name in os.listdir(os.path.join(base, "query")):
         os.remove(os.path.join(base, "query", name))
     with pytest.raises(DatasetError, match=r"query split is empty.*no \*\.jpg"):
-        datasets.create("market1501", str(tmp_path))
+        datasets.read_market1501(str(tmp_path))
 
 
 def test_only_junk_is_empty(tmp_path):
@@ -242,29 +236,29 @@ def test_only_junk_is_empty(tmp_path):
         if not name.startswith("-1"):
             os.remove(os.path.join(folder, name))
     with pytest.raises(DatasetError, match=r"gallery split is empty.*only junk"):
-        datasets.create("market1501", str(tmp_path))
+        datasets.read_market1501(str(tmp_path))
 
 
 def test_unparsable_names(tmp_path):
     base = _market_tree(str(tmp_path))
     _write(os.path.join(base, "bounding_box_train", "IMG_1234.jpg"))
     with pytest.raises(DatasetError, match=r"do not parse.*IMG_1234.jpg.*Expected layout"):
-        datasets.create("market1501", str(tmp_path))
+        datasets.read_market1501(str(tmp_path))
 
 
 def test_corrupt_image_raises_only_when_verifying(tmp_path):
     base = _market_tree(str(tmp_path))
     bad = os.path.join(base, "query", "0003_c4s1_000402_00.jpg")
     _write(bad, b"not a jpeg at all")
-    assert len(datasets.create("market1501", str(tmp_path)).query) == 3  # not checked by default
+    assert len(datasets.read_market1501(str(tmp_path)).query) == 3  # not checked by default
     with pytest.raises(DatasetError, match=r"corrupt image .*0003_c4s1_000402_00.jpg.*not a JPEG"):
-        datasets.create("market1501", str(tmp_path), verify_images=True)
+        datasets.read_market1501(str(tmp_path), verify_images=True)
     _write(bad, b"")
     with pytest.raises(DatasetError, match=r"0003_c4s1_000402_00.jpg.*empty file"):
-        datasets.create("market1501", str(tmp_path), verify_images=True)
+        datasets.read_market1501(str(tmp_path), verify_images=True)
     _write(bad, _JPEG[:-20])  # image data and end-of-image marker cut off
     with pytest.raises(DatasetError, match=r"0003_c4s1_000402_00.jpg.*truncated"):
-        datasets.create("market1501", str(tmp_path), verify_images=True)
+        datasets.read_market1501(str(tmp_path), verify_images=True)
 
 
 def _jpeg_variants() -> dict[str, tuple[bytes, str | None]]:
@@ -302,10 +296,10 @@ def test_jpeg_check_agrees_with_decoder(tmp_path, variant):
     # the check rejects on purpose: every layout is defined as JPEG files.
     assert decodes == (problem is None or variant == "png")
     if problem is None:
-        assert len(datasets.create("market1501", str(tmp_path), verify_images=True).query) == 3
+        assert len(datasets.read_market1501(str(tmp_path), verify_images=True).query) == 3
     else:
         with pytest.raises(DatasetError) as error:
-            datasets.create("market1501", str(tmp_path), verify_images=True)
+            datasets.read_market1501(str(tmp_path), verify_images=True)
         assert "0003_c4s1_000402_00.jpg" in str(error.value)
         assert problem in str(error.value)
 
@@ -316,7 +310,7 @@ def test_skip_corrupt_warns_counts_and_leaves_files(tmp_path, caplog):
     _write(os.path.join(base, "bounding_box_test", "0000_c2s1_000702_00.jpg"), b"\xff\xd8junk")
     before = _snapshot(str(tmp_path))
     with caplog.at_level(logging.WARNING):
-        data = datasets.create("market1501", str(tmp_path), skip_corrupt=True)
+        data = datasets.read_market1501(str(tmp_path), skip_corrupt=True)
     assert data.skipped == 2
     assert len(data.train) == 3 and len(data.gallery) == 3
     assert "0002_c3s1_000302_00.jpg" in caplog.text and "skipped 2" in caplog.text
@@ -325,5 +319,5 @@ def test_skip_corrupt_warns_counts_and_leaves_files(tmp_path, caplog):
 
 def test_valid_images_pass_verification(tmp_path):
     _market_tree(str(tmp_path))
-    data = datasets.create("market1501", str(tmp_path), verify_images=True)
+    data = datasets.read_market1501(str(tmp_path), verify_images=True)
     assert data.skipped == 0 and len(data.train) == 3

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from mlc_tf import evaluation, export, features, ranklist
 from mlc_tf.clustering import rerank
-from mlc_tf.data import datasets
+from mlc_tf.data import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BINARY = os.path.join(REPO, "bin", "evaluate")
@@ -43,7 +43,7 @@ def setup(tmp_path_factory):
     """(work folder, data_dir, dataset, export path, query features, gallery features)."""
     root = tmp_path_factory.mktemp("evaluate")
     data_dir = str(root / "data")
-    dataset = datasets.create("synthetic", data_dir, **TINY)
+    dataset = registry.create("synthetic", data_dir, **TINY)
     path = export.export_feature_extractor(_tiny_model(), str(root / "export"))
     extractor = export.load_feature_extractor(path)
     query, gallery = (features.extract_features(extractor, [s.path for s in samples],

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from mlc_tf.config import AugmentConfig
 from mlc_tf.data import pipeline
-from mlc_tf.data.augment import AugmentConfig
 
 SIZE = (16, 8)
 NO_AUGMENT = AugmentConfig(crop="none", flip=0.0, rotation=0.0, color_jitter=0.0,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mlc_tf.data import datasets, synthetic
+from mlc_tf.data import synthetic
 
 _TINY = dict(num_train_ids=4, num_test_ids=4, images_per_camera=2, num_cameras=3,
              cameras_per_id=3, height=32, width=16, seed=7)
@@ -35,9 +35,9 @@ def test_deterministic_bytes(tmp_path):
 
 
 def test_cache_reused_without_rewriting(tmp_path):
-    first = datasets.create("synthetic", str(tmp_path), **_TINY)
+    first = synthetic.create_dataset(str(tmp_path), **_TINY)
     before = _files(first.root)
-    second = datasets.create("synthetic", str(tmp_path), **_TINY)
+    second = synthetic.create_dataset(str(tmp_path), **_TINY)
     assert second.root == first.root and second == first
     assert _files(first.root) == before
     assert os.listdir(tmp_path / "synthetic") == [os.path.basename(first.root)]
@@ -55,7 +55,7 @@ def test_distinct_params_distinct_folders(tmp_path):
 
 def test_round_trip_through_market_parser(tmp_path):
     data_dir = tmp_path / "not" / "yet"  # created on demand
-    data = datasets.create("synthetic", str(data_dir), **_TINY)
+    data = synthetic.create_dataset(str(data_dir), **_TINY)
     assert data.name == "synthetic" and data.num_cameras == 3
     assert data.root.startswith(str(data_dir / "synthetic"))
     assert {s.pid for s in data.train} == {1, 2, 3, 4}
@@ -69,12 +69,12 @@ def test_round_trip_through_market_parser(tmp_path):
     assert all(0 <= s.camid < 3 for s in data.train + data.query + data.gallery)
     image = tf.io.decode_jpeg(tf.io.read_file(data.train[0].path))
     assert image.shape == (32, 16, 3)
-    assert len(datasets.create("synthetic", str(data_dir), verify_images=True, **_TINY).train) \
+    assert len(synthetic.create_dataset(str(data_dir), verify_images=True, **_TINY).train) \
         == len(data.train)
 
 
 def test_several_cameras_per_identity_and_valid_queries(tmp_path):
-    data = datasets.create("synthetic", str(tmp_path), **_TINY)
+    data = synthetic.create_dataset(str(tmp_path), **_TINY)
     cams = collections.defaultdict(set)
     for sample in data.train:
         cams[sample.pid].add(sample.camid)
@@ -87,7 +87,7 @@ def test_several_cameras_per_identity_and_valid_queries(tmp_path):
 
 
 def test_images_differ_between_identities_and_cameras(tmp_path):
-    data = datasets.create("synthetic", str(tmp_path), **_TINY)
+    data = synthetic.create_dataset(str(tmp_path), **_TINY)
     pixels = np.stack([tf.io.decode_jpeg(tf.io.read_file(s.path)).numpy() for s in data.train])
     flat = pixels.reshape(len(pixels), -1).astype(np.float32)
     assert len({row.tobytes() for row in pixels}) == len(pixels)
@@ -108,9 +108,9 @@ def _market_map(query: np.ndarray, gallery: np.ndarray, q_pids, g_pids, q_cams, 
 
 
 def test_raw_pixels_match_poorly_but_identity_cues_are_consistent(tmp_path):
-    data = datasets.create("synthetic", str(tmp_path), num_train_ids=1, num_test_ids=24,
-                           images_per_camera=3, num_cameras=4, cameras_per_id=3, height=64,
-                           width=32, seed=0)
+    data = synthetic.create_dataset(str(tmp_path), num_train_ids=1, num_test_ids=24,
+                                    images_per_camera=3, num_cameras=4, cameras_per_id=3,
+                                    height=64, width=32, seed=0)
 
     def split(samples, feature):
         pixels = np.stack([tf.io.decode_jpeg(tf.io.read_file(s.path)).numpy() for s in samples])
@@ -139,7 +139,7 @@ def test_leftover_temp_dir_is_not_a_dataset(tmp_path):
     leftover = root / f".tmp-{name}-abc123"
     (leftover / "bounding_box_train").mkdir(parents=True)
     (leftover / "bounding_box_train" / "0001_c1s1_000001_00.jpg").write_bytes(b"partial")
-    data = datasets.create("synthetic", str(tmp_path), **_TINY)
+    data = synthetic.create_dataset(str(tmp_path), **_TINY)
     assert os.path.basename(data.root) == name and len(data.query) > 0
     assert (leftover / "bounding_box_train" / "0001_c1s1_000001_00.jpg").read_bytes() == b"partial"
 

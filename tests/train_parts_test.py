@@ -44,7 +44,8 @@ def _step_deltas(weight_decay, lr=0.1, backbone_lr_mult=0.5, momentum=0.9):
     strategy = tf.distribute.get_strategy()
     model = _tiny_model()
     memory = MemoryBank(6, 4)
-    memory.assign(np.random.default_rng(0).normal(size=(6, 4)))
+    rows = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    memory.variable.assign(rows / np.linalg.norm(rows, axis=1, keepdims=True))
     learner = train_step.Learner(strategy, model, memory, weights=train_step.LossWeights(),
                                  lr=lr, backbone_lr_mult=backbone_lr_mult, momentum=momentum,
                                  nesterov=True, weight_decay=weight_decay)

@@ -71,23 +71,8 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
     return "exact" if float(num_points) ** 2 * dim <= _EXACT_BUDGET_FLOPS else "ivf"
 
 
-def knn(features: np.ndarray, k: int, backend: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """k nearest neighbours of every row of `features` among all rows (self first).
-
-    Args:
-        features: (N, d) float array.
-        k: list length including the point itself, 1 <= k <= N.
-        backend: 'auto', 'exact', 'ivf' or 'pynndescent' (see `resolve_backend`).
-
-    Returns:
-        indices (N, k) int64 and squared distances (N, k) float32, ascending per row.
-    """
-    result = neighbours(features, k, backend)
-    return result.indices, result.sq_distances
-
-
 def neighbours(features: np.ndarray, k: int, backend: str = "auto", seed: int = 0) -> Neighbours:
-    """Like `knn`, plus each row's largest squared distance (Zhong's normaliser).
+    """k nearest neighbours of every row of `features` among all rows (self first).
 
     Args:
         features: (N, d) float array.

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import tensorflow as tf
 
+from mlc_tf.config import AugmentConfig
+
 # Per-channel ImageNet mean in the [0, 255] RGB input space: the random-erasing fill (spec A18).
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
-CROP_STYLES = ("resized", "pad", "none")
 # ITU-R 601 luma, the weights PIL's convert('L') uses (torchvision's jitter works on it).
 _LUMA = (0.299, 0.587, 0.114)
 # Candidate draws per image for the rectangle searches; MMCL's crop tries 10 times, Zhong's
@@ -17,47 +17,6 @@ _LUMA = (0.299, 0.587, 0.114)
 _CROP_TRIES = 10
 _ERASE_TRIES = 10
 _NUM_OPS = 6
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation; each op is switched off by a zero probability/strength.
-
-    Attributes:
-        crop: 'resized' (MMCL RandomSizedRectCrop: area crop_area of the image, aspect h/w in
-            crop_aspect, resized to the target; plain resize when no draw fits), 'pad' (resize,
-            zero-pad by pad pixels, random crop back to the target, as SpCL/CC) or 'none'.
-        flip: horizontal flip probability.
-        rotation: rotation range in degrees, uniform in [-rotation, rotation], zero fill.
-        color_jitter: brightness, contrast and saturation factors uniform in [1-s, 1+s].
-        random_erasing: probability of erasing one rectangle (Zhong et al. 2017).
-        erasing_area: erased fraction of the image area.
-        erasing_aspect: erased rectangle aspect h/w, uniform in this range.
-        crop_area: cropped fraction of the image area ('resized' crop).
-        crop_aspect: crop aspect h/w ('resized' crop).
-        pad: padding in pixels ('pad' crop).
-    """
-
-    crop: str = "resized"
-    flip: float = 0.5
-    rotation: float = 10.0
-    color_jitter: float = 0.2
-    random_erasing: float = 0.5
-    erasing_area: tuple[float, float] = (0.02, 0.2)
-    erasing_aspect: tuple[float, float] = (0.3, 3.33)
-    crop_area: tuple[float, float] = (0.64, 1.0)
-    crop_aspect: tuple[float, float] = (2.0, 3.0)
-    pad: int = 10
-
-    def __post_init__(self):
-        if self.crop not in CROP_STYLES:
-            raise ValueError(f"crop must be one of {CROP_STYLES}, got {self.crop!r}")
-        for name in ("flip", "random_erasing"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(
-                    f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
-        if self.rotation < 0 or not 0 <= self.color_jitter < 1 or self.pad < 0:
-            raise ValueError("rotation and pad must be >= 0 and color_jitter in [0, 1)")
 
 
 def sample_seed(seed: int, epoch: int | tf.Tensor, position: tf.Tensor) -> tf.Tensor:
@@ -208,8 +167,8 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, image_size: tuple[int, int]
         image = resized_rect_crop(image, seeds[0], image_size, config.crop_area, config.crop_aspect)
     else:
         image = tf.image.resize(image, image_size, method="bilinear")
-        if config.crop == "pad" and config.pad > 0:
-            image = pad_crop(image, seeds[0], config.pad)
+        if config.crop == "pad" and config.crop_padding > 0:
+            image = pad_crop(image, seeds[0], config.crop_padding)
     # tf.cond rather than tf.where: the skipped branch costs nothing (about a third of the time
     # of the whole augmentation on a 2-core CPU).
     if config.flip > 0:

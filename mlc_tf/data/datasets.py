@@ -1,4 +1,4 @@
-"""Dataset registry and parsers: Market-1501, DukeMTMC-reID, MSMT17 and the synthetic set."""
+"""Parsers of Market-1501, DukeMTMC-reID and MSMT17 in their on-disk layouts."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 import glob
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from absl import logging
@@ -255,15 +255,15 @@ def parse_market_layout(name: str, root: str, layout: str = MARKET_LAYOUT,
     return _finish(name, root, splits, num_cameras, verify_images, skip_corrupt)
 
 
-def _market1501(data_dir: str, **options) -> ReidDataset:
-    """Market-1501: 6 cameras; data_dir or one of its known sub-folders."""
+def read_market1501(data_dir: str, **options) -> ReidDataset:
+    """Market-1501 (6 cameras) in data_dir or a known sub-folder; options of parse_market_layout."""
     root = _locate("market1501", data_dir, ("Market-1501-v15.09.15", "Market-1501", "market1501"),
                    "bounding_box_train", MARKET_LAYOUT)
     return parse_market_layout("market1501", root, MARKET_LAYOUT, 6, **options)
 
 
-def _dukemtmc(data_dir: str, **options) -> ReidDataset:
-    """DukeMTMC-reID: 8 cameras; data_dir or one of its known sub-folders."""
+def read_dukemtmc(data_dir: str, **options) -> ReidDataset:
+    """DukeMTMC-reID (8 cameras) in data_dir or a sub-folder; options of parse_market_layout."""
     root = _locate("dukemtmc", data_dir, ("DukeMTMC-reID", "dukemtmc-reid", "dukemtmc"),
                    "bounding_box_train", DUKE_LAYOUT)
     return parse_market_layout("dukemtmc", root, DUKE_LAYOUT, 8, **options)
@@ -313,7 +313,8 @@ def _msmt_version(folder: str) -> str | None:
     return None
 
 
-def _msmt17(data_dir: str, verify_images: bool = False, skip_corrupt: bool = False) -> ReidDataset:
+def read_msmt17(data_dir: str, verify_images: bool = False,
+                skip_corrupt: bool = False) -> ReidDataset:
     """MSMT17 V2, V1 or the Market-style repack, whichever is found first; 15 cameras."""
     name = "msmt17"
     if not os.path.isdir(data_dir):
@@ -345,42 +346,3 @@ def _msmt17(data_dir: str, verify_images: bool = False, skip_corrupt: bool = Fal
         "gallery": _read_list(name, os.path.join(root, "list_gallery.txt"), test_dir, "gallery"),
     }
     return _finish(name, root, splits, _MSMT_CAMERAS, verify_images, skip_corrupt)
-
-
-def _synthetic(data_dir: str, **options) -> ReidDataset:
-    # Imported here: synthetic.py builds on this module's Market parser.
-    from mlc_tf.data import synthetic
-    return synthetic.create_dataset(data_dir, **options)
-
-
-_REGISTRY: dict[str, Callable[..., ReidDataset]] = {
-    "dukemtmc": _dukemtmc,
-    "market1501": _market1501,
-    "msmt17": _msmt17,
-    "synthetic": _synthetic,
-}
-
-
-def names() -> list[str]:
-    """Registered dataset names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def create(name: str, data_dir: str, **options) -> ReidDataset:
-    """Parses (or, for 'synthetic', generates once and parses) a dataset.
-
-    Args:
-        name: one of names().
-        data_dir: folder holding the dataset folder (or the dataset folder itself).
-        **options: verify_images, skip_corrupt; for 'synthetic' also the generator's options.
-
-    Returns:
-        The dataset.
-
-    Raises:
-        KeyError: unknown name.
-        DatasetError: missing or malformed dataset.
-    """
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(names())}")
-    return _REGISTRY[name](data_dir, **options)

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from mlc_tf.config import AugmentConfig
 from mlc_tf.data import sampler
-from mlc_tf.data.augment import AugmentConfig, augment_image, sample_seed
+from mlc_tf.data.augment import augment_image, sample_seed
 
-__all__ = ["AugmentConfig", "load_image", "make_eval_dataset", "make_train_dataset",
+__all__ = ["load_image", "make_eval_dataset", "make_train_dataset",
            "make_pk_dataset", "train_steps_per_epoch", "pk_steps_per_epoch"]
 
 # Stream tags mixed into the NumPy seeds so the two samplers never share a random stream.
