@@ -40,18 +40,11 @@ VARIANTS = {
 
 
 def _score(export_dir, data_dir, dataset_options):
-    from mlc_tf import evaluation, export, features
+    from mlc_tf import export, features
     from mlc_tf.data import registry
     extractor = export.load_feature_extractor(export_dir)
     data = registry.create("synthetic", data_dir, **dataset_options)
-    size = extractor.metadata["image_size"]
-    query = features.extract_features(extractor, [s.path for s in data.query], image_size=size)
-    gallery = features.extract_features(extractor, [s.path for s in data.gallery],
-                                        image_size=size)
-    result = evaluation.evaluate_features(
-        query, gallery, [s.pid for s in data.query], [s.pid for s in data.gallery],
-        [s.camid for s in data.query], [s.camid for s in data.gallery])
-    return evaluation.headline_metrics(result)
+    return features.evaluate(extractor, data, image_size=extractor.metadata["image_size"]).metrics
 
 
 def main(argv):

@@ -34,19 +34,18 @@ def _time_case(backbone, image_size, mixed, jit):
     import numpy as np
     import tensorflow as tf
 
-    from mlc_tf import model as model_lib
-    from mlc_tf import train_step
-    from mlc_tf.memory import MemoryBank
+    from mlc_tf import config as config_lib
+    from mlc_tf import train
 
     keras.mixed_precision.set_global_policy("mixed_bfloat16" if mixed else "float32")
     strategy = _time_case.strategy
     batch = FLAGS.batch_size
-    with strategy.scope():
-        model = model_lib.build_model(backbone=backbone, image_size=image_size)
-        memory = MemoryBank(FLAGS.memory_slots, model_lib.feature_dim(backbone, True))
-    learner = train_step.Learner(strategy, model, memory, weights=train_step.LossWeights(),
-                                 lr=0.01, backbone_lr_mult=0.1, momentum=0.9, nesterov=True,
-                                 weight_decay=5e-4, jit_compile=jit)
+    config = config_lib.Config(
+        data=config_lib.DataConfig(image_size=image_size, batch_size=batch),
+        model=config_lib.ModelConfig(backbone=backbone, pretrained="none"),
+        train=config_lib.TrainConfig(lr=0.01, jit_compile=jit))
+    learner = train.build(config, strategy, FLAGS.memory_slots)
+    memory = learner.memory
     rng = np.random.default_rng(0)
     rows = rng.normal(size=(FLAGS.memory_slots, memory.dim)).astype(np.float32)
     memory.variable.assign(rows / np.linalg.norm(rows, axis=1, keepdims=True))
@@ -59,10 +58,10 @@ def _time_case(backbone, image_size, mixed, jit):
         "label": (np.arange(batch) % num_classes).astype(np.int32)}).repeat()
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
     for _ in range(FLAGS.warmup):
-        float(learner.step(next(iterator), 0.1, joint=FLAGS.joint, use_mplp=True)["loss"])
+        float(learner.step(next(iterator), 0.1, targets="mplp", joint=FLAGS.joint)["loss"])
     start = time.perf_counter()
     for _ in range(FLAGS.steps):
-        float(learner.step(next(iterator), 0.1, joint=FLAGS.joint, use_mplp=True)["loss"])
+        float(learner.step(next(iterator), 0.1, targets="mplp", joint=FLAGS.joint)["loss"])
     seconds = (time.perf_counter() - start) / FLAGS.steps
     return seconds, batch / seconds
 

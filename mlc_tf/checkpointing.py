@@ -15,9 +15,7 @@ CHECKPOINT_DIR = "checkpoints"
 _FINGERPRINT_KEY = "fingerprint/.ATTRIBUTES/VARIABLE_VALUE"
 _KEYS = {"epoch": "epoch/.ATTRIBUTES/VARIABLE_VALUE",
          "pseudo_labels": "pseudo_labels/.ATTRIBUTES/VARIABLE_VALUE",
-         "num_classes": "num_classes/.ATTRIBUTES/VARIABLE_VALUE",
-         "best_map": "best_map/.ATTRIBUTES/VARIABLE_VALUE",
-         "cluster_eps": "cluster_eps/.ATTRIBUTES/VARIABLE_VALUE"}
+         "best_map": "best_map/.ATTRIBUTES/VARIABLE_VALUE"}
 
 
 class CheckpointMismatchError(ValueError):
@@ -25,28 +23,20 @@ class CheckpointMismatchError(ValueError):
 
 
 class RunState:
-    """Scalars and arrays of the outer loop that a resumed run needs (build in strategy scope).
+    """Scalars of the outer loop that a resumed run needs (build in strategy scope).
 
     Attributes:
         epoch: number of completed epochs (the next epoch to run).
-        pseudo_labels: (N,) int64 current pseudo labels, -1 = outlier / none.
-        num_classes: number of classes of the current classifier (0 = none).
         best_map: best test mAP seen (only meaningful with export_best_by_test).
-        cluster_eps: DBSCAN eps fixed by the rho rule at the first clustering (-1 = none yet).
     """
 
-    def __init__(self, num_slots: int):
+    def __init__(self):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.pseudo_labels = tf.Variable(np.full(num_slots, -1, np.int64), trainable=False,
-                                         name="pseudo_labels")
-        self.num_classes = tf.Variable(0, dtype=tf.int64, trainable=False, name="num_classes")
         self.best_map = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_map")
-        self.cluster_eps = tf.Variable(-1.0, dtype=tf.float32, trainable=False,
-                                       name="cluster_eps")
 
     def objects(self) -> dict[str, tf.Variable]:
         """{checkpoint name: variable}, to merge into the objects saved."""
-        return {name: getattr(self, name) for name in _KEYS}
+        return {"epoch": self.epoch, "best_map": self.best_map}
 
 
 class Checkpointer:
@@ -79,8 +69,8 @@ class Checkpointer:
         """Reads the run state of the newest checkpoint without restoring anything.
 
         Returns:
-            None without a checkpoint, else {'epoch', 'pseudo_labels', 'num_classes',
-            'best_map', 'cluster_eps', 'path'}.
+            None without a checkpoint, else {'epoch', 'pseudo_labels', 'best_map', 'path'}
+            (pseudo_labels tell the size of the classifier to build before restoring).
 
         Raises:
             CheckpointMismatchError: the checkpoint belongs to another dataset or model.
@@ -92,9 +82,7 @@ class Checkpointer:
         self._check_fingerprint(reader, path)
         state = {name: reader.get_tensor(key) for name, key in _KEYS.items()}
         state["epoch"] = int(state["epoch"])
-        state["num_classes"] = int(state["num_classes"])
         state["best_map"] = float(state["best_map"])
-        state["cluster_eps"] = float(state["cluster_eps"])
         state["path"] = path
         return state
 
@@ -139,8 +127,9 @@ class Checkpointer:
         if not reader.has_tensor(_FINGERPRINT_KEY):
             raise CheckpointMismatchError(f"{path} is not an mlc_tf training checkpoint")
         stored = json.loads(reader.get_tensor(_FINGERPRINT_KEY).decode("utf8"))
-        differences = [f"{key}: checkpoint {stored.get(key)!r} vs now {value!r}"
-                       for key, value in self.fingerprint.items() if stored.get(key) != value]
+        now = self.fingerprint
+        differences = [f"{key}: checkpoint {stored.get(key)!r} vs now {now.get(key)!r}"
+                       for key in sorted(set(stored) | set(now)) if stored.get(key) != now.get(key)]
         if differences:
             raise CheckpointMismatchError(
                 f"the checkpoint in {os.path.dirname(path)} was written by a different run ("

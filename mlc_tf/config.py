@@ -331,6 +331,21 @@ def from_flag_values(flag_values: flags.FlagValues) -> Config:
     return from_flat({name: flag_values[name].value for name, *_ in option_specs()})
 
 
+def from_flagfile(path: str, *extra_flags: str) -> Config:
+    """The Config a flagfile (then extra flags such as '--data_dir=x') resolves to.
+
+    Raises:
+        ValueError: an unknown flag or a value failing validation.
+    """
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    try:
+        flag_values(["from_flagfile", f"--flagfile={path}", *extra_flags])
+    except flags.Error as err:
+        raise ValueError(f"{path}: {err}") from err
+    return from_flag_values(flag_values)
+
+
 def with_default_flagfile(argv, flagfile: str) -> list[str]:
     """argv with --flagfile=flagfile first when it names neither a flagfile nor a dataset.
 

@@ -1,30 +1,54 @@
-"""Feature extraction through an exported SavedModel, batch by batch, with a progress bar."""
+"""Feature extraction and query/gallery evaluation: the one path of training and bin/evaluate."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import time
 from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from mlc_tf import config as config_lib
+from mlc_tf import evaluation
+from mlc_tf import export
+from mlc_tf import ranklist
+from mlc_tf.data import iteration
+from mlc_tf.data import pipeline
+from mlc_tf.data import registry
 
-def _decode_uint8(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    image = tf.image.resize(image, image_size)
-    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
-
-def extract_features(extractor: Callable[[np.ndarray], np.ndarray], paths: Sequence[str], *,
-                     image_size: Sequence[int], batch_size: int = 128,
-                     progress: bool = False) -> np.ndarray:
-    """Features of the images at paths, in order.
-
-    Images are decoded to uint8 RGB and resized to image_size (the export's own size, so its
-    in-graph resize is the identity), then fed through extractor in batches.
+def make_embedder(model: keras.Model, feature: str = "pooled") -> Callable:
+    """A tf.function mapping an image batch (uint8 or float in [0, 255]) to unit features.
 
     Args:
-        extractor: maps uint8 (B, H, W, 3) to float (B, D), e.g. an
+        model: network from model.build_model, run in inference mode.
+        feature: the output to embed, 'pooled' or 'neck'.
+
+    Returns:
+        function (B, H, W, 3) -> float32 (B, D), L2-normalised rows.
+    """
+
+    @tf.function(reduce_retracing=True)
+    def embed(images):
+        outputs = model(tf.cast(images, tf.float32), training=False)
+        return tf.math.l2_normalize(tf.cast(outputs[feature], tf.float32), axis=1)
+
+    return embed
+
+
+def extract_features(extractor: Callable, paths: Sequence[str], *, image_size: Sequence[int],
+                     batch_size: int = 128, progress: bool = False) -> np.ndarray:
+    """Features of the images at paths, in order, without augmentation.
+
+    Images are decoded, resized to image_size and rounded to uint8, which is what the
+    export's serving signature takes, so a network and its export see the same pixels.
+
+    Args:
+        extractor: maps uint8 (B, H, W, 3) to (B, D): make_embedder's function or an
             mlc_tf.export.FeatureExtractor.
         paths: image files.
         image_size: (height, width).
@@ -37,17 +61,127 @@ def extract_features(extractor: Callable[[np.ndarray], np.ndarray], paths: Seque
     Raises:
         ValueError: paths is empty.
     """
-    if not paths:
+    if not len(paths):
         raise ValueError("no images to extract features from")
-    size = tuple(int(v) for v in image_size)
-    dataset = (tf.data.Dataset.from_tensor_slices(list(paths))
-               .map(lambda p: _decode_uint8(p, size), num_parallel_calls=tf.data.AUTOTUNE,
-                    deterministic=True)
-               .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    bar = keras.utils.Progbar(len(paths), unit_name="image") if progress else None
+    batches = pipeline.make_eval_dataset(list(paths), tuple(image_size), batch_size)
+    bar = keras.utils.Progbar(len(paths), verbose=1 if progress else 0, unit_name="image")
     chunks = []
-    for images in dataset:
+    for images in iteration.iterate(batches):
         chunks.append(np.asarray(extractor(images), np.float32))
-        if bar is not None:
-            bar.add(len(chunks[-1]))
+        bar.add(len(chunks[-1]))
     return np.concatenate(chunks)
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A query/gallery evaluation and the features it was computed from.
+
+    Attributes:
+        metrics: mAP, rank1, rank5, rank10, mINP and seconds (fractions in [0, 1]).
+        result: everything evaluation.evaluate_* returned (cmc, num_valid_queries, ...).
+        query, gallery: (Q, D) and (G, D) features.
+        distances: the re-ranked (Q, G) distances, or None without re-ranking.
+    """
+
+    metrics: dict[str, float]
+    result: dict
+    query: np.ndarray
+    gallery: np.ndarray
+    distances: np.ndarray | None = None
+
+
+def evaluate(extractor: Callable, dataset, *, image_size: Sequence[int], batch_size: int = 128,
+             metric: str = "euclidean", rerank: bool = False,
+             progress: bool = False) -> Evaluation:
+    """Extracts query and gallery features and scores them with the Market protocol.
+
+    Args:
+        extractor: as extract_features.
+        dataset: an mlc_tf ReidDataset (its query and gallery splits are used).
+        image_size: (height, width) fed to the extractor.
+        batch_size: images per call.
+        metric: 'euclidean' or 'cosine' (ignored with rerank, which re-ranks Euclidean).
+        rerank: k-reciprocal re-ranking (holds the Q x G matrix in memory).
+        progress: progress bars.
+
+    Returns:
+        the Evaluation.
+    """
+    start = time.time()
+    query = extract_features(extractor, [s.path for s in dataset.query], image_size=image_size,
+                             batch_size=batch_size, progress=progress)
+    gallery = extract_features(extractor, [s.path for s in dataset.gallery],
+                               image_size=image_size, batch_size=batch_size, progress=progress)
+    labels = dict(q_pids=np.array([s.pid for s in dataset.query]),
+                  g_pids=np.array([s.pid for s in dataset.gallery]),
+                  q_camids=np.array([s.camid for s in dataset.query]),
+                  g_camids=np.array([s.camid for s in dataset.gallery]))
+    distances = None
+    if rerank:
+        # Imported only when needed: the clustering package loads numba, seconds of start-up.
+        from mlc_tf.clustering import rerank as rerank_lib
+        distances = rerank_lib.rerank_distances(query, gallery)
+        result = evaluation.evaluate_ranking(distances, **labels)
+    else:
+        result = evaluation.evaluate_features(query, gallery, **labels, metric=metric)
+    metrics = {**evaluation.headline_metrics(result), "seconds": time.time() - start}
+    return Evaluation(metrics, result, query, gallery, distances)
+
+
+def evaluate_export(saved_model: str, dataset_name: str, data_dir: str,
+                    dataset_options: Sequence[str] = (), *, batch_size: int = 128,
+                    metric: str = "euclidean", rerank: bool = False,
+                    output_json: str | None = None, ranklist_dir: str | None = None,
+                    num_ranklists: int = 20, progress: bool = True) -> dict:
+    """What bin/evaluate does: scores an export on a dataset, optionally writing JSON and PNGs.
+
+    Args:
+        saved_model: an export of mlc_tf.export.
+        dataset_name, data_dir, dataset_options: the dataset (key=value options).
+        batch_size, metric, rerank, progress: as evaluate.
+        output_json: write the summary here.
+        ranklist_dir: write num_ranklists PNG rank lists here.
+        num_ranklists: queries drawn, spread evenly.
+
+    Returns:
+        the summary: dataset, saved_model, metric, rerank, the headline metrics,
+        num_valid_queries, num_query, num_gallery and the CMC curve.
+
+    Raises:
+        OSError, KeyError, ValueError: an unreadable export or dataset (with the reason).
+    """
+    extractor = export.load_feature_extractor(saved_model)
+    dataset = registry.create(dataset_name, data_dir,
+                              **config_lib.parse_key_values(dataset_options))
+    image_size = extractor.metadata.get("image_size")
+    if image_size is None:
+        raise ValueError(f"{saved_model} has no image_size in its {export.METADATA_FILE}; "
+                         "export it with mlc_tf.export")
+    scored = evaluate(extractor, dataset, image_size=image_size, batch_size=batch_size,
+                      metric=metric, rerank=rerank, progress=progress)
+    metrics = {name: value for name, value in scored.metrics.items() if name != "seconds"}
+    summary = {"dataset": dataset_name, "saved_model": os.path.abspath(saved_model),
+               "metric": "euclidean" if rerank else metric, "rerank": rerank, **metrics,
+               "num_valid_queries": scored.result["num_valid_queries"],
+               "num_query": len(dataset.query), "num_gallery": len(dataset.gallery),
+               "cmc": scored.result["cmc"].tolist()}
+    if output_json:
+        with open(output_json, "w") as handle:
+            json.dump(summary, handle, indent=2)
+    if ranklist_dir:
+        chosen = ranklist.choose_queries(len(dataset.query), num_ranklists)
+        rows = (scored.distances[chosen] if rerank else
+                evaluation.pairwise_distance(scored.query[chosen], scored.gallery, metric))
+        ranklist.write_ranklists(ranklist_dir, rows, [dataset.query[i] for i in chosen],
+                                 dataset.gallery)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """The lines bin/evaluate prints: sizes, then mAP, rank-1/5/10 and mINP in percent."""
+    names = ("mAP", "rank1", "rank5", "rank10", "mINP")
+    return "\n".join([
+        f"{summary['dataset']}: {summary['num_valid_queries']} valid queries x "
+        f"{summary['num_gallery']} gallery images{', re-ranked' if summary['rerank'] else ''}",
+        " ".join(f"{name:>8}" for name in ("mAP", "rank-1", "rank-5", "rank-10", "mINP")),
+        " ".join(f"{100 * summary[name]:7.2f}%" for name in names)])

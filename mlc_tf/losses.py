@@ -1,8 +1,9 @@
-"""MPLP multi-label targets, MMCL loss, smoothed CE and batch-hard triplet (spec §5, §6.5)."""
+"""MPLP, MMCL, smoothed CE, batch-hard triplet and the MLC objective (spec §5, §6.5)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -214,3 +215,92 @@ def batch_hard_triplet(anchor_features: tf.Tensor, anchor_labels: tf.Tensor,
     difference = hardest_positive - hardest_negative + margin
     loss = tf.nn.softplus(difference) if soft else tf.nn.relu(difference)
     return tf.where(valid, loss, 0.0)
+
+
+MEMORY_TARGETS = ("one_hot", "mplp", "none")
+
+
+def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
+                  memory: tf.Tensor | None, options, memory_targets: str,
+                  classifier: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                  labels: tf.Tensor | None = None,
+                  gather: Callable[[tf.Tensor], tf.Tensor] = lambda t: t,
+                  average: Callable[[tf.Tensor], tf.Tensor] = tf.reduce_mean
+                  ) -> dict[str, tf.Tensor]:
+    """The MLC loss of one batch: MMCL on the memory, then CE + triplet on (pseudo) labels.
+
+    Which feature feeds which loss (spec §3, §5, §6.5): the L2-normalised BN-neck feature is
+    compared with the memory (and is what the caller writes back into it), the classifier
+    reads the BN-neck feature, and the triplet loss the pooled pre-BN feature f_all.
+
+    - memory only (labels None): loss = MMCL;
+    - joint (memory and labels): loss = lambda_mmcl * MMCL + lambda_sc * (CE + triplet);
+    - supervised (memory_targets 'none'): loss = lambda_sc * (CE + triplet), no memory.
+
+    Args:
+        neck: (B, D) BN-neck features of the local batch.
+        pooled: (B, D) pooled features before the neck.
+        indices: (B,) memory slots of the batch.
+        memory: (N, D) memory bank, read as a constant; None with memory_targets 'none'.
+        options: a config.LossConfig (thresholds, ratios, weights, triplet options).
+        memory_targets: 'one_hot' (own slot), 'mplp' (MPLP labels) or 'none' (no memory loss).
+        classifier: maps neck features to class logits; with labels.
+        labels: (B,) class labels in [0, C), or None for the memory loss alone.
+        gather: concatenates a local tensor over all replicas (triplet mining over the
+            global batch); the identity on one replica.
+        average: per-example (B,) losses -> scalar (e.g. compute_average_loss).
+
+    Returns:
+        {'loss', 'mmcl', 'ce', 'triplet', 'positives'} scalars, 'embedded' (B, D) (the
+        normalised neck feature for the memory update) and 'targets' ((B, N) memory targets,
+        or None).
+
+    Raises:
+        ValueError: an unknown memory_targets, no memory and no labels, or labels without a
+            classifier.
+    """
+    if memory_targets not in MEMORY_TARGETS:
+        raise ValueError(f"memory_targets={memory_targets!r}; expected one of {MEMORY_TARGETS}")
+    use_memory = memory_targets != "none"
+    if not use_memory and labels is None:
+        raise ValueError("an objective needs the memory loss, labels, or both")
+    if labels is not None and classifier is None:
+        raise ValueError("labels need a classifier")
+    zero = tf.zeros((), tf.float32)
+    neck = tf.cast(neck, tf.float32)
+    embedded = tf.math.l2_normalize(neck, axis=1)
+    result = {"mmcl": zero, "ce": zero, "triplet": zero, "positives": zero,
+              "embedded": embedded, "targets": None}
+    if use_memory:
+        memory = tf.stop_gradient(tf.convert_to_tensor(memory, tf.float32))
+        logits = tf.matmul(embedded, memory, transpose_b=True)
+        if memory_targets == "mplp":
+            targets = mplp_targets(memory, indices, threshold=options.mplp_threshold,
+                                   min_candidates=options.mplp_min_candidates,
+                                   max_candidates=options.mplp_max_candidates,
+                                   second_candidate_quirk=options.mplp_quirk)
+        else:
+            targets = one_hot_targets(indices, memory.shape[0])
+        result["mmcl"] = average(mmcl_loss(logits, targets,
+                                           hard_negative_ratio=options.hard_negative_ratio,
+                                           delta=options.delta))
+        result["positives"] = average(tf.reduce_sum(targets, axis=1))
+        result["targets"] = targets
+    if labels is None:
+        result["loss"] = result["mmcl"]
+        return result
+    labels = tf.cast(labels, tf.int32)
+    result["ce"] = average(label_smoothed_cross_entropy(
+        classifier(neck), labels, epsilon=options.label_smoothing))
+    features = tf.cast(pooled, tf.float32)
+    if options.triplet_feature == "normalized":
+        features = tf.math.l2_normalize(features, axis=1)
+    # Local anchors are mined against the whole global batch, so that the result does not
+    # depend on how the batch is split across replicas.
+    result["triplet"] = average(batch_hard_triplet(
+        features, labels, gather(features), gather(tf.cast(labels, tf.int64)),
+        margin=options.triplet_margin, soft=options.triplet_soft))
+    pseudo_label_term = options.lambda_sc * (result["ce"] + result["triplet"])
+    result["loss"] = (options.lambda_mmcl * result["mmcl"] + pseudo_label_term if use_memory
+                      else pseudo_label_term)
+    return result

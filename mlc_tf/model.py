@@ -76,7 +76,8 @@ def preprocessing_mode(pretrained: str) -> str:
 
 def build_model(*, backbone: str = "resnet50", image_size: Sequence[int] = (256, 128),
                 multiscale: bool = True, pooling: str = "avg", pretrained: str = "none",
-                synchronized_bn: bool = False, name: str = "mlc") -> keras.Model:
+                synchronized_bn: bool = False, preprocessing: str | None = None,
+                name: str = "mlc") -> keras.Model:
     """Builds the MLC network.
 
     Args:
@@ -89,6 +90,8 @@ def build_model(*, backbone: str = "resnet50", image_size: Sequence[int] = (256,
         pretrained: 'none', 'imagenet' (downloaded by Keras) or a path to a ResNet50 weights
             file (legacy '.h5', as Keras ships, or Keras 3 '.weights.h5'). resnet50 only.
         synchronized_bn: make every BatchNormalization sync statistics across replicas.
+        preprocessing: 'caffe' or 'torch' input normalisation; None = the one `pretrained`
+            implies (a warm start takes its source's, see warm_start.source_preprocessing).
         name: model name.
 
     Returns:
@@ -108,7 +111,7 @@ def build_model(*, backbone: str = "resnet50", image_size: Sequence[int] = (256,
     if pretrained != "none" and backbone != "resnet50":
         raise ValueError(f"pretrained={pretrained!r} needs backbone='resnet50'; "
                          f"{backbone} has no published weights here, use pretrained='none'")
-    mode = preprocessing_mode(pretrained)
+    mode = preprocessing or preprocessing_mode(pretrained)
     # Read the weights first so that a bad source fails before the slow build.
     weights = _read_pretrained(pretrained) if pretrained != "none" else None
 

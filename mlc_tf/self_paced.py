@@ -1,12 +1,16 @@
-"""One self-paced clustering round of training: features -> pseudo labels, usable or not."""
+"""SC: the self-paced clustering state, one reclustering round, and where labels come from."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from mlc_tf import config as config_lib
+from mlc_tf import diagnostics
 from mlc_tf.clustering import assign_pseudo_labels
 
 
@@ -69,8 +73,159 @@ def pseudo_labels(features: np.ndarray, cluster: config_lib.ClusterConfig, *, se
     return assign_pseudo_labels(features, **options)
 
 
+def num_classes(labels: np.ndarray) -> int:
+    """Classes of labels in [0, C) with -1 for outliers: C, or 0 when none is labelled."""
+    labels = np.asarray(labels)
+    return int(labels.max()) + 1 if labels.size and labels.max() >= 0 else 0
+
+
 def usable(labels: np.ndarray, batch_size: int) -> bool:
     """Whether pseudo labels can train the joint loss: two classes and one full PK batch."""
     labels = np.asarray(labels)
     clustered = labels >= 0
     return bool(np.unique(labels[clustered]).size >= 2 and clustered.sum() >= batch_size)
+
+
+class ClusterState:
+    """The labels the joint losses train on, checkpointed (build it in strategy scope).
+
+    Attributes:
+        labels: (N,) int64 variable, the class of each training sample, -1 = outlier or none.
+        eps: DBSCAN eps fixed by the rho rule at the first clustering (-1 = none yet).
+    """
+
+    def __init__(self, num_slots: int):
+        self.labels = tf.Variable(np.full(num_slots, -1, np.int64), trainable=False,
+                                  name="pseudo_labels")
+        self.eps = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="cluster_eps")
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the current labels (0 = none: no joint losses)."""
+        return num_classes(self.labels.numpy())
+
+    def fixed_eps(self) -> float | None:
+        """The eps an earlier round fixed, or None."""
+        eps = float(self.eps.numpy())
+        return eps if eps > 0 else None
+
+    def assign(self, round_: Round) -> None:
+        """Takes the labels (and eps) of a round."""
+        self.labels.assign(np.asarray(round_.labels, np.int64))
+        if round_.eps is not None:
+            self.eps.assign(round_.eps)
+
+    def objects(self) -> dict[str, tf.Variable]:
+        """{checkpoint name: variable}, to merge into the objects saved."""
+        return {"pseudo_labels": self.labels, "cluster_eps": self.eps}
+
+
+@dataclasses.dataclass(frozen=True)
+class Round:
+    """The outcome of one labelling round.
+
+    Attributes:
+        labels: (N,) int64 labels to train on, -1 = not trained by the joint losses (all -1
+            when the round gave nothing usable).
+        usable: whether the labels can train the joint losses.
+        scalars: TensorBoard scalars ('cluster/...'), diagnostics against true ids included.
+        eps: the DBSCAN eps used, or None.
+    """
+
+    labels: np.ndarray
+    usable: bool
+    scalars: dict[str, float]
+    eps: float | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return num_classes(self.labels)
+
+
+def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_size: int,
+              seed: int, camids: np.ndarray | None = None, eps: float | None = None,
+              true_labels: np.ndarray | None = None, verbose: bool = False) -> Round:
+    """One SC round: features -> pseudo labels, kept only if they can fill PK batches.
+
+    Args:
+        features, cluster, seed, camids, eps, verbose: as pseudo_labels.
+        batch_size: the PK batch the labels must fill (see usable).
+        true_labels: (N,) true identities, for the diagnostics only; None when unknown.
+
+    Returns:
+        the Round; its scalars hold the clustering's diagnostics even when unusable.
+    """
+    labels, stats = pseudo_labels(features, cluster, seed=seed, camids=camids, eps=eps,
+                                  verbose=verbose)
+    scalars = {"cluster/seconds": float(stats["seconds"])}
+    if true_labels is not None:
+        scalars.update(diagnostics.pseudo_label_quality(labels, true_labels))
+    else:
+        scalars["cluster/num_clusters"] = float(num_classes(labels))
+        scalars["cluster/outlier_fraction"] = float(np.mean(labels < 0))
+    if stats.get("eps") is not None:
+        scalars["cluster/eps"] = float(stats["eps"])
+    ok = usable(labels, batch_size)
+    scalars["cluster/usable"] = float(ok)
+    kept = labels.astype(np.int64) if ok else np.full(len(labels), -1, np.int64)
+    return Round(kept, ok, scalars, stats.get("eps"))
+
+
+class ClusteringLabels:
+    """Pseudo labels from self-paced clustering of the training features (MLC)."""
+
+    def __init__(self, cluster: config_lib.ClusterConfig, *, batch_size: int,
+                 camids: np.ndarray, true_labels: np.ndarray | None = None):
+        self.cluster = cluster
+        self.batch_size = batch_size
+        self.camids = np.asarray(camids)
+        self.true_labels = true_labels
+
+    def next_round(self, features: Callable[[], np.ndarray], *, seed: int,
+                   eps: float | None, verbose: bool = False) -> Round:
+        """Clusters features() (called once) into a Round."""
+        return recluster(features(), self.cluster, batch_size=self.batch_size, seed=seed,
+                         camids=self.camids, eps=eps, true_labels=self.true_labels,
+                         verbose=verbose)
+
+
+class TrueLabels:
+    """The dataset's true train identities, numbered 0..C-1 (supervised training)."""
+
+    def __init__(self, pids: np.ndarray):
+        _, self.labels = np.unique(np.asarray(pids), return_inverse=True)
+
+    def next_round(self, features: Callable[[], np.ndarray], *, seed: int,
+                   eps: float | None, verbose: bool = False) -> Round:
+        """The true labels; features is never called."""
+        del features, seed, eps, verbose
+        labels = self.labels.astype(np.int64)
+        return Round(labels, True, {"cluster/num_clusters": float(num_classes(labels))})
+
+
+LabelSource = ClusteringLabels | TrueLabels
+
+
+def label_source(config: config_lib.Config, pids: np.ndarray,
+                 camids: np.ndarray) -> LabelSource | None:
+    """Where a run's labels come from: true ids (supervised), clustering, or none (ML only).
+
+    Args:
+        config: the run configuration.
+        pids: (N,) true identities of the training samples; negative where unknown. Used
+            for training only when config.train.supervised, else for diagnostics.
+        camids: (N,) cameras of the training samples.
+
+    Raises:
+        ValueError: supervised training without a true identity for every sample.
+    """
+    pids = np.asarray(pids)
+    known = bool(pids.size) and bool((pids >= 0).all())
+    if config.train.supervised:
+        if not known:
+            raise ValueError("--supervised needs the true identity of every training image")
+        return TrueLabels(pids)
+    if config.cluster.clustering == "none":
+        return None
+    return ClusteringLabels(config.cluster, batch_size=config.data.batch_size, camids=camids,
+                            true_labels=pids if known else None)

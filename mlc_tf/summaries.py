@@ -1,13 +1,11 @@
-"""Host-side metric averaging, TensorBoard scalars and clustering diagnostics for training."""
+"""Host-side metric averaging and TensorBoard scalars for training."""
 
 from __future__ import annotations
 
 import collections
 from collections.abc import Mapping
 
-import numpy as np
 import tensorflow as tf
-from sklearn import metrics as sk_metrics
 
 
 class MeanTracker:
@@ -46,35 +44,3 @@ def write_scalars(writer: tf.summary.SummaryWriter, values: Mapping[str, float],
         for name, value in values.items():
             tf.summary.write(name, tf.constant(float(value), tf.float32), metadata=metadata)
     writer.flush()
-
-
-def cluster_diagnostics(pseudo_labels: np.ndarray, true_labels: np.ndarray) -> dict[str, float]:
-    """Quality of pseudo labels against the true identities (a diagnostic, never trained on).
-
-    Args:
-        pseudo_labels: (N,) int, -1 = outlier.
-        true_labels: (N,) int true person ids.
-
-    Returns:
-        {'cluster/num_clusters', 'cluster/outlier_fraction', 'cluster/purity', 'cluster/nmi'}.
-        Purity is the fraction of clustered samples whose cluster's majority identity is
-        theirs; NMI compares the clustered samples' labels with their identities. Both are 0
-        when nothing is clustered.
-    """
-    pseudo_labels = np.asarray(pseudo_labels)
-    true_labels = np.asarray(true_labels)
-    clustered = pseudo_labels >= 0
-    num_clusters = int(np.unique(pseudo_labels[clustered]).size)
-    purity = nmi = 0.0
-    if clustered.any():
-        predicted, truth = pseudo_labels[clustered], true_labels[clustered]
-        _, truth_codes = np.unique(truth, return_inverse=True)
-        _, predicted_codes = np.unique(predicted, return_inverse=True)
-        table = np.zeros((predicted_codes.max() + 1, truth_codes.max() + 1), np.int64)
-        np.add.at(table, (predicted_codes, truth_codes), 1)
-        purity = float(table.max(axis=1).sum() / clustered.sum())
-        nmi = float(sk_metrics.normalized_mutual_info_score(truth, predicted))
-    return {"cluster/num_clusters": float(num_clusters),
-            "cluster/outlier_fraction": float(1.0 - clustered.mean()) if len(clustered) else 0.0,
-            "cluster/purity": purity,
-            "cluster/nmi": nmi}

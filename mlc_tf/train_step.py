@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import keras
 import tensorflow as tf
 
+from mlc_tf import config as config_lib
+from mlc_tf import diagnostics
 from mlc_tf import losses
 from mlc_tf import model as model_lib
 from mlc_tf.memory import MemoryBank
 
 # Per-step statistics returned by Learner.step, as global-batch means.
 STAT_NAMES = ("loss", "mmcl", "ce", "triplet", "positives")
-
-
-@dataclasses.dataclass(frozen=True)
-class LossWeights:
-    """Loss options the step needs (a subset of config.LossConfig)."""
-
-    mplp_threshold: float = 0.6
-    mplp_min_candidates: int = 10
-    mplp_max_candidates: int = 64
-    mplp_quirk: bool = True
-    hard_negative_ratio: float = 0.01
-    delta: float = 5.0
-    lambda_mmcl: float = 0.3
-    lambda_sc: float = 1.0
-    label_smoothing: float = 0.1
-    triplet_margin: float = 0.0
-    triplet_soft: bool = False
-    triplet_feature: str = "pooled"
+# With the true identity of every slot, also the MPLP positive counts of
+# diagnostics.mplp_counts, as 'mplp_<name>'.
 
 
 def sgd(learning_rate: float, momentum: float, nesterov: bool) -> keras.optimizers.SGD:
@@ -52,27 +36,31 @@ class Learner:
     momentum slots. Everything is created in strategy.scope().
     """
 
-    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model, memory: MemoryBank,
-                 *, weights: LossWeights, lr: float, backbone_lr_mult: float, momentum: float,
-                 nesterov: bool, weight_decay: float, jit_compile: bool = False):
+    def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
+                 memory: MemoryBank | None, *, loss: config_lib.LossConfig, lr: float,
+                 backbone_lr_mult: float, momentum: float, nesterov: bool, weight_decay: float,
+                 jit_compile: bool = False, slot_pids=None):
         """Builds the optimizers.
 
         Args:
             strategy: the strategy the model and memory were built under.
             model: network from model.build_model.
-            memory: memory bank of the training set.
-            weights: loss options.
+            memory: memory bank of the training set; None for supervised training.
+            loss: loss options.
             lr: base learning rate (BN neck, classifier).
             backbone_lr_mult: backbone learning rate = lr * this.
             momentum: SGD momentum.
             nesterov: Nesterov momentum.
             weight_decay: coupled L2 decay: wd * w is added to each gradient, as PyTorch SGD does.
             jit_compile: XLA-compile the forward and backward pass of the network.
+            slot_pids: (N,) true identity of every memory slot, for the MPLP precision and
+                recall diagnostics (never trained on); None when unknown.
         """
         self.strategy = strategy
         self.model = model
         self.memory = memory
-        self.weights = weights
+        self.loss = loss
+        self._slot_pids = None if slot_pids is None else tf.constant(slot_pids, tf.int64)
         self.backbone_lr_mult = backbone_lr_mult
         self.weight_decay = weight_decay
         self._momentum, self._nesterov = momentum, nesterov
@@ -87,7 +75,7 @@ class Learner:
         self.classifier_optimizer: keras.optimizers.SGD | None = None
         self._forward = (tf.function(self._call_model, jit_compile=True) if jit_compile
                          else self._call_model)
-        self._steps: dict[tuple[bool, bool], tf.types.experimental.GenericFunction] = {}
+        self._steps: dict[tuple[str, bool], tf.types.experimental.GenericFunction] = {}
 
     def set_learning_rate(self, lr: float) -> None:
         """Sets the base rate (neck, classifier) and the backbone rate lr * backbone_lr_mult."""
@@ -120,41 +108,59 @@ class Learner:
             self.classifier.build((None, dim))
             self.classifier_optimizer = sgd(lr, self._momentum, self._nesterov)
             self.classifier_optimizer.build(self.classifier.trainable_variables)
-        # Steps closing over the previous classifier are stale.
-        self._steps = {key: fn for key, fn in self._steps.items() if not key[0]}
+        self._forget_joint_steps()
 
     def drop_classifier(self) -> None:
         """Forgets the classifier (an epoch without usable clusters or before SC)."""
         self.classifier = None
         self.classifier_optimizer = None
-        self._steps = {key: fn for key, fn in self._steps.items() if not key[0]}
+        self._forget_joint_steps()
 
-    def step(self, batch, alpha: float, *, joint: bool, use_mplp: bool) -> dict[str, tf.Tensor]:
+    def _forget_joint_steps(self) -> None:
+        # Steps closing over the previous classifier are stale.
+        self._steps = {key: fn for key, fn in self._steps.items() if not key[1]}
+
+    def checkpoint_objects(self) -> dict:
+        """{name: trackable} of everything the step trains or keeps, for checkpoints."""
+        objects = {"model": self.model, "backbone_optimizer": self.backbone_optimizer,
+                   "head_optimizer": self.head_optimizer}
+        if self.memory is not None:
+            objects["memory"] = self.memory.variable
+        if self.classifier is not None:
+            objects.update(classifier=self.classifier,
+                           classifier_optimizer=self.classifier_optimizer)
+        return objects
+
+    def step(self, batch, alpha: float, *, targets: str, joint: bool) -> dict[str, tf.Tensor]:
         """One optimisation step on a distributed global batch.
 
         Args:
             batch: per-replica dict {'image', 'index'} (plus 'label' when joint), as
                 strategy.experimental_distribute_dataset yields it.
             alpha: memory momentum of this epoch.
-            joint: add the pseudo-label CE and triplet losses (needs a classifier).
-            use_mplp: MPLP multi-label targets; otherwise one-hot on the own slot.
+            targets: memory-loss targets, 'one_hot', 'mplp' or 'none' (no memory loss, no
+                memory update: supervised training).
+            joint: add the CE and triplet losses on the batch labels (needs a classifier).
 
         Returns:
-            {name: scalar} for STAT_NAMES, means over the global batch.
+            {name: scalar} for STAT_NAMES (and 'mplp_<count>' with slot_pids and MPLP
+            targets), means over the global batch.
 
         Raises:
-            ValueError: joint without a classifier.
+            ValueError: joint without a classifier, or memory targets without a memory.
         """
         if joint and self.classifier is None:
             raise ValueError("joint step needs a classifier; call new_classifier first")
-        key = (joint, use_mplp)
+        if targets != "none" and self.memory is None:
+            raise ValueError(f"targets={targets!r} needs a memory bank")
+        key = (targets, joint)
         if key not in self._steps:
-            self._steps[key] = self._make_step(joint, use_mplp)
+            self._steps[key] = self._make_step(targets, joint)
         return self._steps[key](batch, tf.constant(alpha, tf.float32))
 
-    def _make_step(self, joint: bool, use_mplp: bool):
+    def _make_step(self, targets: str, joint: bool):
         def replica_step(batch, alpha):
-            return self._replica_step(batch, alpha, joint, use_mplp)
+            return self._replica_step(batch, alpha, targets, joint)
 
         @tf.function(reduce_retracing=True)
         def distributed_step(batch, alpha):
@@ -167,56 +173,32 @@ class Learner:
     def _call_model(self, images):
         return self.model(images, training=True)
 
-    def _replica_step(self, batch, alpha, joint: bool, use_mplp: bool):
+    def _replica_step(self, batch, alpha, targets: str, joint: bool):
         context = tf.distribute.get_replica_context()
-        weights = self.weights
         indices = tf.cast(batch["index"], tf.int32)
         # The last batch of an epoch may be short or uneven across replicas: average over
-        # the true global count.
+        # the true global count (int64: GPU collectives need no host-memory placement).
         global_size = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                         tf.shape(indices)[0])
+                                         tf.shape(indices, out_type=tf.int64)[0])
 
         def average(per_example):
             return tf.nn.compute_average_loss(per_example, global_batch_size=global_size)
+
+        def gather(tensor):
+            return context.all_gather(tensor, axis=0)
 
         variables = self.backbone_variables + self.head_variables
         if joint:
             variables = variables + self.classifier.trainable_variables
         with tf.GradientTape() as tape:
             outputs = self._forward(batch["image"])
-            embedded = tf.math.l2_normalize(tf.cast(outputs["neck"], tf.float32), axis=1)
-            logits = self.memory.similarities(embedded)
-            if use_mplp:
-                targets = losses.mplp_targets(
-                    self.memory.variable, indices, threshold=weights.mplp_threshold,
-                    min_candidates=weights.mplp_min_candidates,
-                    max_candidates=weights.mplp_max_candidates,
-                    second_candidate_quirk=weights.mplp_quirk)
-            else:
-                targets = losses.one_hot_targets(indices, self.memory.num_slots)
-            mmcl = average(losses.mmcl_loss(logits, targets,
-                                             hard_negative_ratio=weights.hard_negative_ratio,
-                                             delta=weights.delta))
-            zero = tf.zeros((), tf.float32)
-            ce, triplet = zero, zero
-            total = mmcl
-            if joint:
-                labels = tf.cast(batch["label"], tf.int32)
-                class_logits = self.classifier(tf.cast(outputs["neck"], tf.float32))
-                ce = average(losses.label_smoothed_cross_entropy(
-                    class_logits, labels, epsilon=weights.label_smoothing))
-                features = tf.cast(outputs["pooled"], tf.float32)
-                if weights.triplet_feature == "normalized":
-                    features = tf.math.l2_normalize(features, axis=1)
-                # Local anchors are mined against the whole global batch, so that the
-                # result does not depend on how the batch is split across replicas.
-                all_features = context.all_gather(features, axis=0)
-                all_labels = context.all_gather(labels, axis=0)
-                triplet = average(losses.batch_hard_triplet(
-                    features, labels, all_features, all_labels,
-                    margin=weights.triplet_margin, soft=weights.triplet_soft))
-                total = weights.lambda_mmcl * mmcl + weights.lambda_sc * (ce + triplet)
-        gradients = tape.gradient(total, variables)
+            objective = losses.mlc_objective(
+                neck=outputs["neck"], pooled=outputs["pooled"], indices=indices,
+                memory=None if self.memory is None else self.memory.variable,
+                options=self.loss, memory_targets=targets,
+                classifier=self.classifier if joint else None,
+                labels=batch["label"] if joint else None, gather=gather, average=average)
+        gradients = tape.gradient(objective["loss"], variables)
         # Coupled weight decay. The optimizers SUM gradients over replicas, so each replica
         # adds its 1/R share of wd * w.
         decay = self.weight_decay / self.strategy.num_replicas_in_sync
@@ -230,8 +212,11 @@ class Learner:
         if joint:
             self.classifier_optimizer.apply_gradients(
                 zip(gradients[num_backbone + num_head:], self.classifier.trainable_variables))
-        # Logits and targets above read the memory before this write.
-        self.memory.update(embedded, indices, alpha)
-        positives = average(tf.reduce_sum(tf.cast(targets, tf.float32), axis=1))
-        return {"loss": total, "mmcl": mmcl, "ce": ce, "triplet": triplet,
-                "positives": positives}
+        if targets != "none":
+            # The objective read the memory before this write.
+            self.memory.update(objective["embedded"], indices, alpha)
+        stats = {name: objective[name] for name in STAT_NAMES}
+        if targets == "mplp" and self._slot_pids is not None:
+            counts = diagnostics.mplp_counts(objective["targets"], indices, self._slot_pids)
+            stats.update({f"mplp_{name}": average(count) for name, count in counts.items()})
+        return stats

@@ -57,13 +57,27 @@ def load_initial_weights(model: keras.Model, path: str) -> dict:
     differences = [f"{key} {options.get(key)!r} there, {target[key]!r} here"
                    for key in MATCHED_OPTIONS if options.get(key) != target[key]]
     if options.get("preprocessing") != target["preprocessing"]:
-        differences.append("build the model with the source run's --pretrained (caffe inputs "
-                           "come with pretrained weights, torch inputs with 'none')")
+        differences.append("build the model with the source's preprocessing "
+                           "(build_model(preprocessing=source_preprocessing(path)))")
     if differences:
         raise ValueError(f"init_from {path}: " + "; ".join(differences))
     layers = model_lib.assign_by_name(model, weights, f"init_from {path}", skip_layers=())
     return {"kind": kind, "path": path, "checkpoint": checkpoint, "epoch": epoch,
             "layers": layers}
+
+
+def source_preprocessing(path: str) -> str:
+    """The input preprocessing ('caffe' or 'torch') of the run at path, to build a model with.
+
+    Raises:
+        FileNotFoundError, ValueError: as load_initial_weights, for a path that is no run.
+    """
+    path = os.path.abspath(path)
+    if _source_kind(path) == "workdir":
+        run_config = config_lib.load_json(os.path.join(path, checkpointing.CONFIG_FILE))
+        return model_lib.preprocessing_mode(run_config.model.pretrained)
+    with open(os.path.join(path, export_lib.METADATA_FILE)) as handle:
+        return json.load(handle).get("preprocessing", "torch")
 
 
 def _source_kind(path: str) -> str:

@@ -316,3 +316,92 @@ class TestBatchHardTriplet:
             rtol=1e-5, atol=1e-6)
         gradient = tape.gradient(total, variable).numpy()
         assert np.all(np.isfinite(gradient)) and np.any(gradient != 0)
+
+
+# ----------------------------------------------------------------------------- mlc_objective
+
+def _objective_case():
+    """A batch of 4 whose neck and pooled features differ, with a 6-slot memory and a classifier."""
+    rng = np.random.default_rng(0)
+    memory = rng.normal(size=(6, 3)).astype(np.float32)
+    memory /= np.linalg.norm(memory, axis=1, keepdims=True)
+    neck = rng.normal(size=(4, 3)).astype(np.float32)
+    pooled = 5.0 * rng.normal(size=(4, 3)).astype(np.float32)
+    kernel = rng.normal(size=(3, 2)).astype(np.float32)
+    return dict(neck=tf.constant(neck), pooled=tf.constant(pooled),
+                indices=tf.constant([0, 2, 3, 5]), memory=tf.constant(memory),
+                classifier=lambda x: tf.matmul(x, kernel),
+                labels=tf.constant([0, 0, 1, 1])), kernel
+
+
+def _options(**overrides):
+    from mlc_tf import config
+    return config.LossConfig(**{"lambda_mmcl": 0.25, "lambda_sc": 2.0,
+                                "hard_negative_ratio": 0.5, **overrides})
+
+
+def test_mlc_objective_weights_the_terms_and_feeds_each_loss_its_feature():
+    case, kernel = _objective_case()
+    options = _options()
+    out = losses.mlc_objective(**case, options=options, memory_targets="one_hot")
+    embedded = case["neck"] / tf.norm(case["neck"], axis=1, keepdims=True)
+    logits = tf.matmul(embedded, case["memory"], transpose_b=True)
+    mmcl = tf.reduce_mean(losses.mmcl_loss(
+        logits, losses.one_hot_targets(case["indices"], 6), hard_negative_ratio=0.5))
+    ce = tf.reduce_mean(losses.label_smoothed_cross_entropy(
+        tf.matmul(case["neck"], kernel), case["labels"]))
+    triplet = tf.reduce_mean(losses.batch_hard_triplet(
+        case["pooled"], case["labels"], case["pooled"], case["labels"]))
+    # The pooled and neck features give clearly different triplet and CE values here, so a
+    # loss fed the wrong feature fails below.
+    wrong_triplet = tf.reduce_mean(losses.batch_hard_triplet(
+        case["neck"], case["labels"], case["neck"], case["labels"]))
+    assert abs(float(wrong_triplet) - float(triplet)) > 0.1
+    np.testing.assert_allclose(out["embedded"], embedded, atol=1e-6)
+    np.testing.assert_allclose(out["mmcl"], mmcl, rtol=1e-6)
+    np.testing.assert_allclose(out["ce"], ce, rtol=1e-6)
+    np.testing.assert_allclose(out["triplet"], triplet, rtol=1e-6)
+    np.testing.assert_allclose(out["loss"], 0.25 * mmcl + 2.0 * (ce + triplet), rtol=1e-6)
+    assert float(out["positives"]) == pytest.approx(1.0)
+
+
+def test_mlc_objective_memory_only_supervised_and_normalized_triplet():
+    case, _ = _objective_case()
+    options = _options()
+    memory_only = losses.mlc_objective(
+        **{**case, "labels": None, "classifier": None}, options=options, memory_targets="mplp")
+    assert float(memory_only["loss"]) == pytest.approx(float(memory_only["mmcl"]))
+    assert float(memory_only["ce"]) == float(memory_only["triplet"]) == 0.0
+    supervised = losses.mlc_objective(**{**case, "memory": None}, options=options,
+                                      memory_targets="none")
+    assert supervised["targets"] is None and float(supervised["mmcl"]) == 0.0
+    np.testing.assert_allclose(supervised["loss"],
+                               2.0 * (supervised["ce"] + supervised["triplet"]), rtol=1e-6)
+    normalized = losses.mlc_objective(**case, options=_options(triplet_feature="normalized"),
+                                      memory_targets="one_hot")
+    unit = case["pooled"] / tf.norm(case["pooled"], axis=1, keepdims=True)
+    np.testing.assert_allclose(normalized["triplet"], tf.reduce_mean(losses.batch_hard_triplet(
+        unit, case["labels"], unit, case["labels"])), rtol=1e-6)
+
+
+def test_mlc_objective_mines_triplets_over_the_gathered_batch():
+    case, _ = _objective_case()
+    extra = tf.constant([[100.0, 0.0, 0.0]])  # a far positive of label 0 on "another replica"
+    gathered = losses.mlc_objective(
+        **case, options=_options(), memory_targets="one_hot",
+        gather=lambda t: tf.concat([t, extra if t.dtype == tf.float32 else
+                                    tf.constant([0], t.dtype)], axis=0))
+    local = losses.mlc_objective(**case, options=_options(), memory_targets="one_hot")
+    assert float(gathered["triplet"]) > float(local["triplet"]) + 10.0
+
+
+def test_mlc_objective_rejects_inconsistent_arguments():
+    case, _ = _objective_case()
+    with pytest.raises(ValueError, match="memory_targets"):
+        losses.mlc_objective(**case, options=_options(), memory_targets="soft")
+    with pytest.raises(ValueError, match="needs the memory loss, labels"):
+        losses.mlc_objective(**{**case, "labels": None}, options=_options(),
+                             memory_targets="none")
+    with pytest.raises(ValueError, match="classifier"):
+        losses.mlc_objective(**{**case, "classifier": None}, options=_options(),
+                             memory_targets="one_hot")

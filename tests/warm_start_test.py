@@ -46,7 +46,7 @@ def _save_run(model, workdir, epochs, backbone="resnet18"):
     dim = model_lib.feature_dim(backbone, True)
     objects = {"model": model, "backbone_optimizer": optimizer,
                "memory": tf.Variable(np.ones((NUM_TRAIN, dim), np.float32)),
-               **checkpointing.RunState(NUM_TRAIN).objects()}
+               **checkpointing.RunState().objects()}
     saver = checkpointing.Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
                                        {"dataset": "synthetic", "num_train": NUM_TRAIN}, 3)
     for epoch in epochs:
@@ -157,8 +157,15 @@ def test_preprocessing_mismatch(export_dir, tmp_path):
         metadata = json.load(handle)
     with open(metadata_path, "w") as handle:
         json.dump({**metadata, "preprocessing": "caffe"}, handle)
-    with pytest.raises(ValueError, match="preprocessing 'caffe' there, 'torch' here.*pretrained"):
+    with pytest.raises(ValueError,
+                       match="preprocessing 'caffe' there, 'torch' here.*source_preprocessing"):
         warm_start.load_initial_weights(_build(), caffe_export)
+    # A model built with the source's preprocessing takes the weights.
+    assert warm_start.source_preprocessing(caffe_export) == "caffe"
+    caffe_model = model_lib.build_model(backbone="resnet18", image_size=(32, 16),
+                                        preprocessing="caffe")
+    assert warm_start.load_initial_weights(caffe_model, caffe_export)["kind"] == "export"
+    assert warm_start.source_preprocessing(export_dir) == "torch"
 
 
 def test_shape_mismatch_is_checked_before_assigning(source_model):

@@ -71,13 +71,19 @@ def make_eval_dataset(paths: Sequence[str], image_size: tuple[int, int],
                       batch_size: int) -> tf.data.Dataset:
     """Images in the order of paths, without augmentation, in batches (the last may be short).
 
+    Each image is resized (bilinear) and rounded to uint8: the pixels an exported feature
+    extractor's serving signature receives.
+
     Returns:
-        Dataset of float32 (B, height, width, 3) in [0, 255].
+        Dataset of uint8 (B, height, width, 3).
     """
     size = tuple(int(v) for v in image_size)
+
+    def load(path):
+        return tf.cast(tf.clip_by_value(tf.round(load_image(path, size)), 0.0, 255.0), tf.uint8)
+
     return (tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), tf.string))
-            .map(lambda p: load_image(p, size), num_parallel_calls=tf.data.AUTOTUNE,
-                 deterministic=True)
+            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE))
 

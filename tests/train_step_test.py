@@ -1,0 +1,160 @@
+"""Tests for mlc_tf.train_step: weight decay, what the memory is written from, the classifier."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mlc_tf import config as config_lib
+from mlc_tf import losses, train_step
+from mlc_tf.memory import MemoryBank
+
+
+def _assign_unit_rows(memory, rows):
+    memory.variable.assign((rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype("f4"))
+
+
+def _tiny_model(dim=4):
+    """A stand-in for build_model: one 'backbone' Dense and the 'bn_neck' head layer."""
+    images = keras.Input((2, 2, 3))
+    pooled = keras.layers.Dense(dim, name="dense")(keras.layers.Flatten()(images))
+    neck = keras.layers.BatchNormalization(name="bn_neck")(pooled)
+    return keras.Model(images, {"pooled": pooled, "neck": neck})
+
+
+def _step_deltas(weight_decay, lr=0.1, backbone_lr_mult=0.5, momentum=0.9):
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.get_strategy()
+    model = _tiny_model()
+    memory = MemoryBank(6, 4)
+    _assign_unit_rows(memory, np.random.default_rng(0).normal(size=(6, 4)))
+    learner = train_step.Learner(strategy, model, memory, loss=config_lib.LossConfig(),
+                                 lr=lr, backbone_lr_mult=backbone_lr_mult, momentum=momentum,
+                                 nesterov=True, weight_decay=weight_decay)
+    before = [v.numpy() for v in model.trainable_variables]
+    batch = {"image": np.random.default_rng(1).uniform(0, 255, (3, 2, 2, 3)).astype("f4"),
+             "index": np.array([0, 2, 4], np.int32)}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    stats = learner.step(next(iter(dataset)), 0.0, targets="one_hot", joint=False)
+    deltas = {v.path: v.numpy() - b for v, b in zip(model.trainable_variables, before)}
+    return deltas, dict(zip([v.path for v in model.trainable_variables], before)), stats
+
+
+def test_sgd_adds_coupled_weight_decay_with_the_backbone_multiplier():
+    wd, lr, mult, momentum = 0.01, 0.1, 0.5, 0.9
+    plain, _, stats = _step_deltas(0.0, lr, mult, momentum)
+    decayed, weights, _ = _step_deltas(wd, lr, mult, momentum)
+    assert stats["positives"].numpy() == pytest.approx(1.0)
+    assert set(plain) == set(decayed)
+    for path, delta in decayed.items():
+        rate = lr if path.startswith("bn_neck") else lr * mult
+        # First Nesterov step: w -= rate * (1 + momentum) * (g + wd * w).
+        np.testing.assert_allclose(delta - plain[path],
+                                   -rate * (1 + momentum) * wd * weights[path],
+                                   rtol=1e-4, atol=1e-7, err_msg=path)
+
+
+def test_step_writes_the_memory_and_rejects_joint_without_classifier():
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.get_strategy()
+    memory = MemoryBank(6, 4)
+    learner = train_step.Learner(strategy, _tiny_model(), memory,
+                                 loss=config_lib.LossConfig(), lr=0.1, backbone_lr_mult=0.1,
+                                 momentum=0.9, nesterov=True, weight_decay=5e-4)
+    batch = {"image": np.random.default_rng(2).uniform(0, 255, (2, 2, 2, 3)).astype("f4"),
+             "index": np.array([1, 3], np.int32),
+             "label": np.array([0, 1], np.int32)}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    with pytest.raises(ValueError, match="classifier"):
+        learner.step(next(iter(dataset)), 0.0, targets="one_hot", joint=True)
+    learner.new_classifier(2, seed=0)
+    stats = learner.step(next(iter(dataset)), 0.0, targets="one_hot", joint=True)
+    assert {"loss", "mmcl", "ce", "triplet"} <= set(stats)
+    rows = memory.variable.numpy()
+    np.testing.assert_allclose(np.linalg.norm(rows[[1, 3]], axis=1), 1.0, rtol=1e-5)
+    assert not rows[[0, 2, 4, 5]].any()
+
+
+def test_new_classifier_of_the_same_size_resets_in_place():
+    strategy = tf.distribute.get_strategy()
+    learner = train_step.Learner(strategy, _tiny_model(), MemoryBank(6, 4),
+                                 loss=config_lib.LossConfig(), lr=0.1, backbone_lr_mult=0.1,
+                                 momentum=0.9, nesterov=True, weight_decay=5e-4)
+    batch = {"image": np.random.default_rng(3).uniform(0, 255, (4, 2, 2, 3)).astype("f4"),
+             "index": np.array([0, 1, 2, 3], np.int32), "label": np.array([0, 0, 1, 1], np.int32)}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    learner.new_classifier(2, seed=7)
+    fresh = learner.classifier.kernel.numpy()
+    learner.step(next(iter(dataset)), 0.0, targets="one_hot", joint=True)
+    assert learner.classifier_optimizer.momentums[0].numpy().any()
+    traced = learner._steps[("one_hot", True)]
+
+    learner.new_classifier(2, seed=7)  # same size: same layer, fresh values and momentum
+    np.testing.assert_array_equal(learner.classifier.kernel.numpy(), fresh)
+    assert not learner.classifier_optimizer.momentums[0].numpy().any()
+    assert learner._steps[("one_hot", True)] is traced
+    learner.new_classifier(3, seed=7)  # another size: a new layer, the joint step is dropped
+    assert learner.classifier.kernel.shape == (4, 3) and ("one_hot", True) not in learner._steps
+
+
+def _fixed_step(targets="one_hot", alpha=0.0):
+    """One step at learning rate 0: the network after the step is the one the step ran."""
+    keras.utils.set_random_seed(0)
+    strategy = tf.distribute.get_strategy()
+    model = _tiny_model()
+    memory = MemoryBank(6, 4)
+    _assign_unit_rows(memory, np.random.default_rng(0).normal(size=(6, 4)))
+    before = memory.variable.numpy()
+    learner = train_step.Learner(strategy, model, memory, loss=config_lib.LossConfig(),
+                                 lr=1e-30, backbone_lr_mult=1.0, momentum=0.0, nesterov=False,
+                                 weight_decay=0.0)
+    images = np.random.default_rng(1).uniform(0, 255, (3, 2, 2, 3)).astype("f4")
+    batch = {"image": images, "index": np.array([0, 2, 4], np.int32)}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    stats = learner.step(next(iter(dataset)), alpha, targets=targets, joint=False)
+    outputs = model(images, training=True)
+    return before, memory.variable.numpy(), outputs, stats
+
+
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_the_memory_is_written_from_the_normalised_neck_feature():
+    _, after, outputs, _ = _fixed_step(alpha=0.0)
+    neck, pooled = _unit(outputs["neck"]), _unit(outputs["pooled"])
+    np.testing.assert_allclose(after[[0, 2, 4]], neck, atol=1e-5)
+    # The BN neck really changes the feature, so writing the pooled one would fail above.
+    assert np.abs(neck - pooled).max() > 0.1
+
+
+def test_the_loss_reads_the_memory_before_the_step_updates_it():
+    before, after, outputs, stats = _fixed_step(alpha=0.0)
+    embedded = tf.constant(_unit(outputs["neck"]), tf.float32)
+    targets = losses.one_hot_targets(tf.constant([0, 2, 4]), 6)
+
+    def mmcl(memory):
+        logits = tf.matmul(embedded, tf.constant(memory), transpose_b=True)
+        return float(tf.reduce_mean(losses.mmcl_loss(logits, targets)))
+
+    assert float(stats["mmcl"]) == pytest.approx(mmcl(before), rel=1e-5)
+    # With alpha 0 the written rows equal the features: read after the write, the loss is 0.
+    assert mmcl(after) == pytest.approx(0.0, abs=1e-5) and mmcl(before) > 0.1
+
+
+def test_supervised_step_has_no_memory_and_needs_a_classifier():
+    strategy = tf.distribute.get_strategy()
+    learner = train_step.Learner(strategy, _tiny_model(), None, loss=config_lib.LossConfig(),
+                                 lr=0.1, backbone_lr_mult=0.1, momentum=0.9, nesterov=True,
+                                 weight_decay=5e-4)
+    batch = {"image": np.random.default_rng(4).uniform(0, 255, (4, 2, 2, 3)).astype("f4"),
+             "index": np.array([0, 1, 2, 3], np.int32), "label": np.array([0, 0, 1, 1], np.int32)}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    with pytest.raises(ValueError, match="needs a memory bank"):
+        learner.step(next(iter(dataset)), 0.0, targets="mplp", joint=False)
+    learner.new_classifier(2, seed=0)
+    stats = learner.step(next(iter(dataset)), 0.0, targets="none", joint=True)
+    assert float(stats["mmcl"]) == 0.0 and float(stats["ce"]) > 0.0
+    assert "memory" not in learner.checkpoint_objects()
+    assert float(stats["loss"]) == pytest.approx(float(stats["ce"]) + float(stats["triplet"]))
