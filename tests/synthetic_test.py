@@ -152,7 +152,8 @@ def test_source_domain_is_unchanged(tmp_path, monkeypatch, domain_option):
 
     monkeypatch.setattr(tf.io, "encode_jpeg", recording_encode)
     folder = synthetic.generate(str(tmp_path), **_TINY, **domain_option)
-    names = sorted(f"{split}/{name}" for split in ("bounding_box_train", "query", "bounding_box_test")
+    splits = ("bounding_box_train", "query", "bounding_box_test")
+    names = sorted(f"{split}/{name}" for split in splits
                    for name in os.listdir(os.path.join(folder, split)))
     assert os.path.basename(folder) == _SOURCE_TINY_FOLDER
     assert hashlib.sha256("\n".join(names).encode()).hexdigest()[:16] == _SOURCE_TINY_NAMES_SHA
@@ -176,7 +177,7 @@ def test_domains_have_disjoint_pids_and_appearances(tmp_path):
     # Appearance draws: the same keys (pids) in both samplers, so a target that reused the
     # source's draws would match exactly.
     keys = [*range(1, 150), *range(5001, 5150)]
-    colours = {domain: np.stack([np.concatenate([draw(0, key)[part] for part in ("top", "bottom")])
+    colours = {domain: np.stack([np.concatenate([draw(0, key)["top"], draw(0, key)["bottom"]])
                                  for key in keys])
                for domain, draw in (("source", synthetic._identity),
                                     ("target", synthetic._target_identity))}
@@ -185,7 +186,7 @@ def test_domains_have_disjoint_pids_and_appearances(tmp_path):
 
 
 def _sharpness(pixels: np.ndarray) -> np.ndarray:
-    """(N,) mean horizontal gradient over each channel's spread: blind to colour gains and offsets."""
+    """(N,) mean horizontal gradient over each channel's spread: blind to colour gains, offsets."""
     gradient = np.abs(np.diff(pixels, axis=2)).mean(axis=(1, 2))
     return (gradient / (pixels.std(axis=(1, 2)) + 1e-6)).mean(axis=1)
 

@@ -1,4 +1,4 @@
-"""Built-in synthetic re-ID sets: procedural pedestrian crops of two domains, in the Market-1501 layout.
+"""Built-in synthetic re-ID sets: procedural pedestrian crops of two domains, Market-1501 layout.
 
 Identities come in look-alike families that share clothing colours and differ in texture, body
 shape and accessories, so colour alone is confusable. Each identity is seen by several cameras,
@@ -63,8 +63,8 @@ _TARGET_PALETTE = np.array([
 _LIGHTING = (
     ((1.0, 1.0, 1.0), 0.15, (0.0, 0.12), (0.7, 0.95), (0.01, 0.03)),  # day
     ((0.95, 1.0, 1.05), 0.1, (-0.05, 0.08), (0.9, 1.1), (0.02, 0.04)),  # overcast
-    ((0.85, 0.9, 1.15), 0.2, (-0.2, -0.08), (1.3, 1.8), (0.05, 0.09)),  # night
-    ((1.2, 0.95, 0.55), 0.2, (-0.1, 0.02), (1.0, 1.4), (0.03, 0.06)),  # sodium lamps
+    ((0.9, 0.95, 1.1), 0.15, (-0.1, -0.03), (1.1, 1.35), (0.03, 0.06)),  # night
+    ((1.12, 1.0, 0.78), 0.15, (-0.06, 0.04), (1.0, 1.2), (0.02, 0.045)),  # sodium lamps
 )
 _BACKGROUNDS = ("bricks", "pillars", "window")
 
@@ -75,7 +75,7 @@ def _colour(rng: np.random.Generator, jitter: float = 0.06,
 
 
 def _identity(seed: int, pid: int) -> dict:
-    """Appearance of one source identity: family colours plus its own texture, shape and accessories."""
+    """Appearance of one source identity: family colours, its own texture, shape, accessories."""
     family = np.random.default_rng([seed, 11, pid // _FAMILY_SIZE])
     rng = np.random.default_rng([seed, 12, pid])
     return {
@@ -94,12 +94,12 @@ def _identity(seed: int, pid: int) -> dict:
 
 
 def _target_identity(seed: int, pid: int) -> dict:
-    """Appearance of one target identity: a family outfit and colours, its own details and build."""
+    """Appearance of one target identity: family colours, its own outfit, details and build."""
     family = np.random.default_rng([seed, 111, pid // _TARGET_FAMILY_SIZE])
     rng = np.random.default_rng([seed, 112, pid])
-    outfit = _TARGET_OUTFITS[family.integers(len(_TARGET_OUTFITS))]
     top = _colour(family, 0.0, _TARGET_PALETTE) + rng.normal(0, 0.03, 3)
     bottom = _colour(family, 0.0, _TARGET_PALETTE) + rng.normal(0, 0.03, 3)
+    outfit = _TARGET_OUTFITS[rng.integers(len(_TARGET_OUTFITS))]
     return {
         "outfit": outfit, "top": top, "bottom": bottom,
         "inner": _colour(rng, 0.05, _TARGET_PALETTE),
@@ -137,15 +137,15 @@ def _target_camera(seed: int, cam: int) -> dict:
     downsample = int(rng.choice([1, 1, 2, 3]))
     return {
         "cast": cast, "brightness": rng.uniform(*brightness), "gamma": rng.uniform(*gamma),
-        "contrast": rng.uniform(0.6, 1.0), "noise": rng.uniform(*noise),
+        "contrast": rng.uniform(0.7, 1.0), "noise": rng.uniform(*noise),
         "blur": int(rng.integers(0, 2)), "downsample": downsample,
         "quality": int(rng.integers(55, 80)) if downsample > 1 else int(rng.integers(75, 92)),
         "background": _BACKGROUNDS[rng.integers(len(_BACKGROUNDS))],
         "wall": rng.uniform(0.15, 0.85, 3), "floor": rng.uniform(0.1, 0.5, 3),
         "horizon": rng.uniform(0.55, 0.85), "period": int(rng.integers(4, 12)),
         "clutter": int(rng.integers(1, 5)),
-        "scale": rng.uniform(0.68, 1.12), "shift": rng.uniform(-0.08, 0.08),
-        "jitter": rng.uniform(0.03, 0.07), "occlusion": rng.uniform(0.15, 0.5),
+        "scale": rng.uniform(0.75, 1.08), "shift": rng.uniform(-0.05, 0.05),
+        "jitter": rng.uniform(0.03, 0.05), "occlusion": rng.uniform(0.1, 0.35),
     }
 
 
