@@ -12,8 +12,8 @@ day, overcast, night and sodium-lamp lighting (gamma, contrast, strong casts and
 far away (downsampled, heavier JPEG), loose or tight boxes, people partly hidden by railings,
 cars or passers-by, brick, pillar and shop-window backgrounds with poles and bushes; coats,
 open jackets, dresses and t-shirts in another palette (vertical stripes, dots, diagonals,
-two-tone), long hair, scarves, a wider range of heights and builds. Its pids start at 5001, so
-they never meet the source's.
+two-tone), long hair, scarves, a wider range of heights, builds and torso lengths. Its pids
+start at 5001, so they never meet the source's.
 """
 
 from __future__ import annotations
@@ -109,12 +109,17 @@ def _target_identity(seed: int, pid: int) -> dict:
         "long_hair": bool(rng.random() < 0.4), "shoes": _colour(rng, 0.06, _TARGET_PALETTE) * 0.5,
         "sleeves": outfit != "tshirt", "shorts": outfit == "tshirt" and rng.random() < 0.4,
         "height": rng.uniform(0.74, 1.0), "width": rng.uniform(0.7, 1.3),
-        "head": rng.uniform(0.8, 1.0),
+        "head": rng.uniform(0.8, 1.0), "layout": _target_layout(rng.uniform(0.47, 0.62)),
         "hat": (_colour(rng, 0.06, _TARGET_PALETTE) if rng.random() < 0.15 else None),
         "bag": (_colour(rng, 0.06, _TARGET_PALETTE) if rng.random() < 0.25 else None),
         "backpack": (_colour(rng, 0.06, _TARGET_PALETTE) if rng.random() < 0.4 else None),
         "scarf": (_colour(rng, 0.06, _TARGET_PALETTE) if rng.random() < 0.3 else None),
     }
+
+
+def _target_layout(waist: float) -> tuple[float, float, float, float]:
+    """Body rows of a target build: long or short torso (the source has them at 0.5, 0.53...)."""
+    return waist - 0.03, waist, waist + 0.03, waist + 0.19
 
 
 def _camera(seed: int, cam: int) -> dict:
@@ -246,26 +251,28 @@ def _draw_person(img: np.ndarray, ident: dict, cam: dict, rng: np.random.Generat
         return img[r0:r1, c0:c1], np.arange(r0, r1)[:, None] - top, np.arange(c0, c1)[None, :] - cx
 
     half = pw / 2
+    # Rows (fractions of the body) where sleeves end, the top ends, the belt ends, shorts end.
+    arms_end, waist, belt_end, shorts_end = ident.get("layout", (0.5, 0.53, 0.56, 0.72))
     if ident["backpack"] is not None:
         rect(0.17, 0.47, cx - half - 0.18 * pw, cx + half * 0.5, ident["backpack"])
-    rect(0.17, 0.5, cx - half - 0.13 * pw, cx + half + 0.13 * pw,
+    rect(0.17, arms_end, cx - half - 0.13 * pw, cx + half + 0.13 * pw,
          ident["top"] if ident["sleeves"] else ident["skin"])
-    torso, ly, lx = rect(0.16, 0.53, cx - half, cx + half, ident["top"])
+    torso, ly, lx = rect(0.16, waist, cx - half, cx + half, ident["top"])
     _texture(torso, ly, lx, ident)
     if ident["texture"] == "logo":
         rect(0.24, 0.36, cx - 0.22 * pw, cx + 0.22 * pw, ident["texture_colour"])
     outfit = ident.get("outfit")
     if outfit == "jacket":  # open front: the shirt beneath shows
-        rect(0.17, 0.53, cx - 0.14 * pw, cx + 0.14 * pw, ident["inner"])
+        rect(0.17, waist, cx - 0.14 * pw, cx + 0.14 * pw, ident["inner"])
     stride = rng.uniform(0.02, 0.14) * pw
     leg_half = 0.21 * pw
-    rect(0.53, 0.56, cx - half, cx + half, ident["bottom"])
+    rect(waist, belt_end, cx - half, cx + half, ident["bottom"])
     for side in (-1, 1):
         centre = cx + side * (leg_half + stride / 2)
-        rect(0.53, 0.95, centre - leg_half, centre + leg_half,
+        rect(waist, 0.95, centre - leg_half, centre + leg_half,
              ident["skin"] if outfit == "dress" else ident["bottom"])
         if ident["shorts"]:
-            rect(0.72, 0.95, centre - leg_half, centre + leg_half, ident["skin"])
+            rect(shorts_end, 0.95, centre - leg_half, centre + leg_half, ident["skin"])
         rect(0.95, 1.0, centre - 1.2 * leg_half, centre + 1.2 * leg_half, ident["shoes"])
     if outfit in ("coat", "dress"):  # one garment from the shoulders down over the legs
         flare = 1.05 if outfit == "coat" else 1.3
