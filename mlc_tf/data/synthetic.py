@@ -107,7 +107,7 @@ def _target_identity(seed: int, pid: int) -> dict:
         "texture_colour": _colour(rng, 0.05, _TARGET_PALETTE), "period": int(rng.integers(2, 6)),
         "skin": _SKIN[rng.integers(len(_SKIN))], "hair": _colour(rng, 0.1) * 0.4,
         "long_hair": bool(rng.random() < 0.4), "shoes": _colour(rng, 0.06, _TARGET_PALETTE) * 0.5,
-        "sleeves": outfit != "tshirt", "shorts": outfit == "tshirt" and rng.random() < 0.4,
+        "sleeves": outfit != "tshirt", "shorts": bool(outfit == "tshirt" and rng.random() < 0.4),
         "height": rng.uniform(0.74, 1.0), "width": rng.uniform(0.7, 1.3),
         "head": rng.uniform(0.8, 1.0), "layout": _target_layout(rng.uniform(0.47, 0.62)),
         "hat": (_colour(rng, 0.06, _TARGET_PALETTE) if rng.random() < 0.15 else None),
@@ -118,7 +118,7 @@ def _target_identity(seed: int, pid: int) -> dict:
 
 
 def _target_layout(waist: float) -> tuple[float, float, float, float]:
-    """Body rows of a target build: long or short torso (the source has them at 0.5, 0.53...)."""
+    """Rows (body fractions) where sleeves, top, belt and shorts end; the source's: 0.5 to 0.72."""
     return waist - 0.03, waist, waist + 0.03, waist + 0.19
 
 
