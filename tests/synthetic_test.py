@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 
 import numpy as np
@@ -133,6 +134,107 @@ def test_raw_pixels_match_poorly_but_identity_cues_are_consistent(tmp_path):
     assert score(person_colours) > raw + 0.1  # while clothing stays consistent across cameras
 
 
+# The default (source) domain as generated before domains existed: cache folder, file names and
+# the pixels handed to the JPEG encoder, for _TINY (computed from that code, commit 25fc8cb).
+_SOURCE_TINY_FOLDER = "ids4-4_cam3_32x16_seed7_e9e8708fb0"
+_SOURCE_TINY_NAMES_SHA = "ce29e42a39f16179"
+_SOURCE_TINY_PIXELS_SHA = "afd50d58dd6d25fd"
+
+
+@pytest.mark.parametrize("domain_option", [{}, {"domain": "source"}])
+def test_source_domain_is_unchanged(tmp_path, monkeypatch, domain_option):
+    pixels_digest = hashlib.sha256()
+    encode = tf.io.encode_jpeg
+
+    def recording_encode(pixels, **options):
+        pixels_digest.update(pixels.tobytes())
+        return encode(pixels, **options)
+
+    monkeypatch.setattr(tf.io, "encode_jpeg", recording_encode)
+    folder = synthetic.generate(str(tmp_path), **_TINY, **domain_option)
+    splits = ("bounding_box_train", "query", "bounding_box_test")
+    names = sorted(f"{split}/{name}" for split in splits
+                   for name in os.listdir(os.path.join(folder, split)))
+    assert os.path.basename(folder) == _SOURCE_TINY_FOLDER
+    assert hashlib.sha256("\n".join(names).encode()).hexdigest()[:16] == _SOURCE_TINY_NAMES_SHA
+    assert pixels_digest.hexdigest()[:16] == _SOURCE_TINY_PIXELS_SHA
+
+
+_SMALL = dict(num_train_ids=12, num_test_ids=4, images_per_camera=2, height=64, width=32, seed=0)
+
+
+def _both_domains(data_dir: str, **options) -> dict[str, datasets.ReidDataset]:
+    return {domain: datasets.create("synthetic", data_dir, domain=domain, **options)
+            for domain in synthetic.DOMAINS}
+
+
+def test_domains_have_disjoint_pids_and_appearances(tmp_path):
+    sets = _both_domains(str(tmp_path), **_SMALL)
+    pids = {domain: {s.pid for s in data.train + data.query + data.gallery} - {0}
+            for domain, data in sets.items()}  # pid 0: Market's one-off distractors
+    assert pids["source"] == set(range(1, 17)) and pids["target"] == set(range(5001, 5017))
+    assert sets["source"].num_cameras == 6 and sets["target"].num_cameras == 8
+    # Appearance draws: the same keys (pids) in both samplers, so a target that reused the
+    # source's draws would match exactly.
+    keys = [*range(1, 150), *range(5001, 5150)]
+    colours = {domain: np.stack([np.concatenate([draw(0, key)["top"], draw(0, key)["bottom"]])
+                                 for key in keys])
+               for domain, draw in (("source", synthetic._identity),
+                                    ("target", synthetic._target_identity))}
+    closest = np.abs(colours["source"][:, None] - colours["target"][None]).max(axis=2).min()
+    assert closest > 1e-3
+
+
+def _blockiness(pixels: np.ndarray) -> float:
+    """Horizontal steps inside 2- or 3-pixel blocks over steps at block edges (the smaller).
+
+    About 1 for a camera at full resolution, well below 1 for one whose images are blown up
+    from fewer pixels; a colour change (gain or offset per channel) scales both alike.
+    """
+    steps = np.abs(np.diff(pixels, axis=2)).mean(axis=(0, 1, 3))  # (width - 1,)
+    at_edge = [(np.arange(len(steps)) + 1) % block == 0 for block in (2, 3)]
+    return min(steps[~edge].mean() / steps[edge].mean() for edge in at_edge)
+
+
+def test_domains_differ_in_colours_and_camera_pipelines(tmp_path):
+    histograms, far_cameras = {}, {}
+    for domain, data in _both_domains(str(tmp_path), **_SMALL).items():
+        pixels = np.stack([tf.io.decode_jpeg(tf.io.read_file(s.path)).numpy()
+                           for s in data.train]).astype(np.float64)
+        counts = np.stack([np.histogramdd(image.reshape(-1, 3), bins=4,
+                                          range=[(0, 256)] * 3)[0].ravel() for image in pixels])
+        histograms[domain] = counts / counts.sum(axis=1, keepdims=True)
+        cams = np.array([s.camid for s in data.train])
+        far_cameras[domain] = sum(_blockiness(pixels[cams == cam]) < 0.7
+                                  for cam in range(data.num_cameras))
+
+    def distance(a, b):  # total variation between mean colour histograms
+        return 0.5 * np.abs(a.mean(axis=0) - b.mean(axis=0)).sum()
+
+    source, target = histograms["source"], histograms["target"]
+    within = max(distance(source[::2], source[1::2]), distance(target[::2], target[1::2]))
+    assert distance(source, target) > 3 * within
+    # A recolouring keeps every camera's resolution; the target has far (downsampled) cameras.
+    assert far_cameras["source"] == 0 and far_cameras["target"] >= 2
+
+
+def test_target_round_trips_through_market_parser(tmp_path):
+    options = {**_TINY, "num_cameras": None}
+    data = datasets.create("synthetic", str(tmp_path), domain="target", **options)
+    assert data.name == "synthetic" and data.num_cameras == 8
+    assert "cam8" in data.root
+    assert {s.pid for s in data.train} == {5001, 5002, 5003, 5004}
+    assert {s.pid for s in data.query} <= {5005, 5006, 5007, 5008}
+    assert {5005, 5006, 5007, 5008} <= {s.pid for s in data.gallery}
+    assert all(0 <= s.camid < 8 for s in data.train + data.query + data.gallery)
+    for query in data.query:
+        assert any(g.pid == query.pid and g.camid != query.camid for g in data.gallery)
+    assert tf.io.decode_jpeg(tf.io.read_file(data.train[0].path)).shape == (32, 16, 3)
+    again = datasets.create("synthetic", str(tmp_path), domain="target", verify_images=True,
+                            **options)
+    assert [s.path for s in again.train] == [s.path for s in data.train]
+
+
 def test_leftover_temp_dir_is_not_a_dataset(tmp_path):
     root = tmp_path / "synthetic"
     name = synthetic.cache_name({k: _TINY[k] for k in _TINY})
@@ -165,3 +267,7 @@ def test_bad_parameters():
         synthetic.generate("/nonexistent", **{**_TINY, "cameras_per_id": 4})
     with pytest.raises(TypeError):
         synthetic.generate("/nonexistent", num_ids=3)
+    with pytest.raises(ValueError, match="domain 'tagret'; known: source, target"):
+        datasets.create("synthetic", "/nonexistent", domain="tagret")
+    with pytest.raises(ValueError, match="num_train_ids \\+ num_test_ids <= 4999"):
+        synthetic.generate("/nonexistent", num_train_ids=4000, num_test_ids=1000)
