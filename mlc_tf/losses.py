@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from mlc_tf import memory as memory_lib
+
 
 def _static_last_dim(tensor: tf.Tensor, what: str) -> int:
     size = tensor.shape[-1]
@@ -273,7 +275,7 @@ def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
               "embedded": embedded, "targets": None}
     if use_memory:
         memory = tf.stop_gradient(tf.convert_to_tensor(memory, tf.float32))
-        logits = tf.matmul(embedded, memory, transpose_b=True)
+        logits = memory_lib.similarities(embedded, memory)
         if memory_targets == "mplp":
             targets = mplp_targets(memory, indices, threshold=options.mplp_threshold,
                                    min_candidates=options.mplp_min_candidates,

@@ -48,6 +48,20 @@ def cross_replica_concat(tensor: tf.Tensor) -> tf.Tensor:
     return context.all_gather(tensor, axis=0)
 
 
+def similarities(features: tf.Tensor, memory: tf.Tensor) -> tf.Tensor:
+    """Logits of a batch against every slot; the memory is a constant (spec §4).
+
+    Args:
+        features: (B, D) L2-normalised features (any float dtype; computed in float32).
+        memory: (N, D) bank (its variable, or a tensor).
+
+    Returns:
+        (B, N) float32 cosine similarities; gradients flow into `features` only.
+    """
+    memory = tf.stop_gradient(tf.convert_to_tensor(memory, tf.float32))
+    return tf.matmul(tf.cast(features, tf.float32), memory, transpose_b=True)
+
+
 def _last_occurrence(indices: tf.Tensor) -> tf.Tensor:
     """For each position, the last position in the batch holding the same index."""
     same = tf.equal(indices[:, None], indices[None, :])
@@ -91,18 +105,6 @@ class MemoryBank(tf.Module):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
             name="memory_bank",
         )
-
-    def similarities(self, features: tf.Tensor) -> tf.Tensor:
-        """Logits of a batch against every slot; the memory is a constant (spec §4).
-
-        Args:
-            features: (B, D) L2-normalised features (any float dtype; computed in float32).
-
-        Returns:
-            (B, N) float32 cosine similarities; gradients flow into `features` only.
-        """
-        memory = tf.stop_gradient(tf.convert_to_tensor(self.variable))
-        return tf.matmul(tf.cast(features, tf.float32), memory, transpose_b=True)
 
     def update(self, features: tf.Tensor, indices: tf.Tensor, alpha: float | tf.Tensor) -> None:
         """Running-average write M[i] <- l2norm(alpha * M[i] + (1 - alpha) * f) (spec §4).

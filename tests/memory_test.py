@@ -48,7 +48,7 @@ def test_similarities_are_constant_in_memory():
     features = tf.Variable([[0.6, 0.8]])
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(bank.variable)
-        logits = bank.similarities(features)
+        logits = memory.similarities(features, bank.variable)
         total = tf.reduce_sum(logits)
     np.testing.assert_allclose(logits.numpy(), [[0.6, 0.8, 1.0]], rtol=1e-6)
     # d(sum of logits)/d(features) = sum of memory rows = (1.6, 1.8).

@@ -102,6 +102,7 @@ def _smoke_worker(data_dir: str, root: str):
     _start_tf(1)
     from mlc_tf import checkpointing, train
     from mlc_tf import config as config_lib
+    from mlc_tf.data import registry
     from absl import flags
 
     flag_values = flags.FlagValues()
@@ -151,9 +152,11 @@ def _smoke_worker(data_dir: str, root: str):
         report[name] = train.run(_replace(config, cluster=cluster),
                                  os.path.join(root, name), strategy=strategy,
                                  verbose=False)["epochs_done"]
+    # The dataset can be handed in (here the same one, read beforehand).
+    data = registry.create(config.data.dataset, data_dir, **config.data.options())
     report["supervised"] = train.run(_replace(config, train=dict(supervised=True)),
                                      os.path.join(root, "supervised"), strategy=strategy,
-                                     verbose=False)["epochs_done"]
+                                     data=data, verbose=False)["epochs_done"]
     with open(os.path.join(root, "report.json"), "w") as handle:
         json.dump(report, handle)
 
