@@ -90,6 +90,9 @@ class ModelConfig:
     init_from: str = _field("", "Start from a run of this project: a workdir (its newest "
                             "checkpoint) or an export; weights load by layer name, the memory, "
                             "classifier and optimizer start fresh. Empty = --pretrained.")
+    init_from_flagfile: str = _field(
+        "", "Flagfile of the run init_from names: bin/train trains it into init_from first "
+        "unless it has an export there (the demo's supervised source stage).")
     synchronized_bn: bool = _field(
         True, "Sync BatchNorm statistics across replicas (one-replica-equivalent training).")
     eval_feature: str = _field("pooled", "Feature evaluated and exported: pre-BN 'pooled' or "
@@ -219,6 +222,8 @@ def validate(config: Config) -> None:
         (config.loss.warmup_epochs >= 0 and config.cluster.sc_start_epoch >= 0,
          "warmup_epochs and sc_start_epoch must be >= 0"),
         (0.0 <= config.loss.max_alpha < 1.0, "max_alpha must be in [0, 1)"),
+        (config.model.init_from or not config.model.init_from_flagfile,
+         "init_from_flagfile needs init_from (the workdir to train it into)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -153,7 +153,8 @@ def test_demo_flagfile_comes_first_unless_a_flagfile_or_dataset_is_named():
 
 def test_there_are_the_expected_configs():
     assert {os.path.basename(p) for p in CONFIGS} >= {
-        "base.cfg", "market.cfg", "duke.cfg", "msmt17.cfg", "synthetic.cfg", "smoke.cfg"}
+        "base.cfg", "market.cfg", "duke.cfg", "msmt17.cfg", "synthetic.cfg", "smoke.cfg",
+        "synthetic_source.cfg"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)

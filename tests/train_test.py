@@ -332,5 +332,27 @@ def test_bin_train_smoke_resumes_and_exports(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(features, axis=1), 1.0, atol=1e-5)
 
 
+def test_bin_train_trains_the_source_stage_first_then_reuses_it(tmp_path):
+    data_dir, source = tmp_path / "data", tmp_path / "source"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+
+    def target_run(name):
+        command = [sys.executable, os.path.join(REPO, "bin", "train"), f"--flagfile={SMOKE_CFG}",
+                   f"--data_dir={data_dir}", f"--workdir={tmp_path / name}", "--epochs=1",
+                   f"--init_from={source}", f"--init_from_flagfile={SMOKE_CFG}"]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-5000:]
+        return result
+
+    first = target_run("first")
+    assert "Stage 1: training" in first.stdout and "initial weights from" in first.stderr
+    assert (source / "export" / "saved_model.pb").is_file()
+    assert json.loads((source / "config.json").read_text())["train"]["epochs"] == 2
+    second = target_run("second")
+    assert "Stage 1" not in second.stdout and "initial weights from" in second.stderr
+    assert (tmp_path / "second" / "export" / "saved_model.pb").is_file()
+
+
 if __name__ == "__main__":
     {"step": _step_worker, "smoke": _smoke_worker}[sys.argv[1]](*sys.argv[2:])
