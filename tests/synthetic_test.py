@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import os
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mlc_tf.data import synthetic
+from mlc_tf.data import drawing, registry, synthetic
 
 _TINY = dict(num_train_ids=4, num_test_ids=4, images_per_camera=2, num_cameras=3,
              cameras_per_id=3, height=32, width=16, seed=7)
@@ -163,8 +164,8 @@ def test_source_domain_is_unchanged(tmp_path, monkeypatch, domain_option):
 _SMALL = dict(num_train_ids=12, num_test_ids=4, images_per_camera=2, height=64, width=32, seed=0)
 
 
-def _both_domains(data_dir: str, **options) -> dict[str, datasets.ReidDataset]:
-    return {domain: datasets.create("synthetic", data_dir, domain=domain, **options)
+def _both_domains(data_dir: str, **options) -> dict:
+    return {domain: registry.create("synthetic", data_dir, domain=domain, **options)
             for domain in synthetic.DOMAINS}
 
 
@@ -179,8 +180,8 @@ def test_domains_have_disjoint_pids_and_appearances(tmp_path):
     keys = [*range(1, 150), *range(5001, 5150)]
     colours = {domain: np.stack([np.concatenate([draw(0, key)["top"], draw(0, key)["bottom"]])
                                  for key in keys])
-               for domain, draw in (("source", synthetic._identity),
-                                    ("target", synthetic._target_identity))}
+               for domain, draw in (("source", functools.partial(drawing.identity, "source")),
+                                    ("target", functools.partial(drawing.identity, "target")))}
     closest = np.abs(colours["source"][:, None] - colours["target"][None]).max(axis=2).min()
     assert closest > 1e-3
 
@@ -220,7 +221,7 @@ def test_domains_differ_in_colours_and_camera_pipelines(tmp_path):
 
 def test_target_round_trips_through_market_parser(tmp_path):
     options = {**_TINY, "num_cameras": None}
-    data = datasets.create("synthetic", str(tmp_path), domain="target", **options)
+    data = registry.create("synthetic", str(tmp_path), domain="target", **options)
     assert data.name == "synthetic" and data.num_cameras == 8
     assert "cam8" in data.root
     assert {s.pid for s in data.train} == {5001, 5002, 5003, 5004}
@@ -230,7 +231,7 @@ def test_target_round_trips_through_market_parser(tmp_path):
     for query in data.query:
         assert any(g.pid == query.pid and g.camid != query.camid for g in data.gallery)
     assert tf.io.decode_jpeg(tf.io.read_file(data.train[0].path)).shape == (32, 16, 3)
-    again = datasets.create("synthetic", str(tmp_path), domain="target", verify_images=True,
+    again = registry.create("synthetic", str(tmp_path), domain="target", verify_images=True,
                             **options)
     assert [s.path for s in again.train] == [s.path for s in data.train]
 
@@ -248,7 +249,7 @@ def test_leftover_temp_dir_is_not_a_dataset(tmp_path):
 
 def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     calls = []
-    render = synthetic._render
+    render = drawing.render
 
     def failing_render(*args):
         calls.append(1)
@@ -256,7 +257,7 @@ def test_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return render(*args)
 
-    monkeypatch.setattr(synthetic, "_render", failing_render)
+    monkeypatch.setattr(drawing, "render", failing_render)
     with pytest.raises(KeyboardInterrupt):
         synthetic.generate(str(tmp_path), **_TINY)
     assert os.listdir(tmp_path) == []
@@ -268,6 +269,6 @@ def test_bad_parameters():
     with pytest.raises(TypeError):
         synthetic.generate("/nonexistent", num_ids=3)
     with pytest.raises(ValueError, match="domain 'tagret'; known: source, target"):
-        datasets.create("synthetic", "/nonexistent", domain="tagret")
+        registry.create("synthetic", "/nonexistent", domain="tagret")
     with pytest.raises(ValueError, match="num_train_ids \\+ num_test_ids <= 4999"):
         synthetic.generate("/nonexistent", num_train_ids=4000, num_test_ids=1000)
