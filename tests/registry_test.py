@@ -33,7 +33,8 @@ def test_names():
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(KeyError, match="'cuhk03'; known: dukemtmc, folder, market1501, msmt17, synthetic"):
+    with pytest.raises(KeyError,
+                       match="'cuhk03'; known: dukemtmc, folder, market1501, msmt17, synthetic"):
         registry.create("cuhk03", "/nonexistent")
 
 
