@@ -124,8 +124,8 @@ def read_folder(data_dir: str, camera_regex: str | None = None,
     Args:
         data_dir: the folder.
         camera_regex: a regular expression with one group, searched in each training image's
-            file name; the group is the camera name. Given as --dataset_options, it
-            cannot hold a comma (the list separator).
+            file name; the group is the camera name. In --dataset_options, quote an item
+            holding a comma (the list separator): '"camera_regex=c(\\d{1,2})"'.
         camera_from: 'subfolder': the first path component under data_dir is the camera.
 
     Returns:
