@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from mlc_tf import config as config_lib
 from mlc_tf.data import registry
 from mlc_tf.data.datasets import DatasetError
 
@@ -27,11 +29,12 @@ def _market_style_tree(root: str, folder: str, query_bytes: bytes = _JPEG) -> No
 
 
 def test_names():
-    assert registry.names() == ["dukemtmc", "market1501", "msmt17", "synthetic"]
+    assert registry.names() == ["dukemtmc", "folder", "market1501", "msmt17", "synthetic"]
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(KeyError, match="'cuhk03'; known: dukemtmc, market1501, msmt17, synthetic"):
+    with pytest.raises(KeyError,
+                       match="'cuhk03'; known: dukemtmc, folder, market1501, msmt17, synthetic"):
         registry.create("cuhk03", "/nonexistent")
 
 
@@ -49,3 +52,50 @@ def test_synthetic_is_generated_with_the_options(tmp_path):
     data = registry.create("synthetic", str(tmp_path), **_TINY_SYNTHETIC)
     assert data.name == "synthetic" and data.root.startswith(str(tmp_path / "synthetic"))
     assert (len(data.train), data.num_cameras) == (4, 2)  # 2 ids x 2 cameras x 1 image
+
+
+def _folder_dataset(root, with_eval: bool, cameras: bool):
+    """A folder dataset of two training crops in camera sub-folders, optionally with eval."""
+    names = ["cam1/a.jpg", "cam2/b.jpg"]
+    if with_eval:
+        names += ["query/0001_c1_q.jpg", "gallery/0001_c2_g.jpg"]
+    for name in names:
+        os.makedirs(os.path.dirname(os.path.join(root, name)), exist_ok=True)
+        with open(os.path.join(root, name), "wb") as f:
+            f.write(_JPEG)
+    return registry.create("folder", str(root), **({"camera_from": "subfolder"} if cameras
+                                                    else {}))
+
+
+def _config(camera_normalize=False, camera_aware_sampler=False, eval_every=0):
+    config = config_lib.Config()
+    return dataclasses.replace(
+        config, cluster=dataclasses.replace(config.cluster, camera_normalize=camera_normalize),
+        data=dataclasses.replace(config.data, camera_aware_sampler=camera_aware_sampler),
+        train=dataclasses.replace(config.train, eval_every=eval_every))
+
+
+def test_folder_reads_through_the_registry_with_its_options(tmp_path):
+    data = _folder_dataset(tmp_path, with_eval=False, cameras=True)
+    assert data.name == "folder" and [s.camid for s in data.train] == [0, 1]
+
+
+@pytest.mark.parametrize("option", ["camera_normalize", "camera_aware_sampler"])
+def test_camera_options_need_cameras(tmp_path, option):
+    data = _folder_dataset(tmp_path, with_eval=False, cameras=False)
+    with pytest.raises(DatasetError, match=f"--{option} needs the camera .*camera_regex=REGEX"
+                                           f".*camera_from=subfolder.*--{option}=false"):
+        registry.check_dataset_supports(_config(**{option: True}), data)
+    registry.check_dataset_supports(_config(), data)
+    with_cameras = _folder_dataset(tmp_path / "cams", with_eval=False, cameras=True)
+    registry.check_dataset_supports(_config(**{option: True}), with_cameras)
+
+
+def test_evaluation_needs_query_and_gallery(tmp_path):
+    data = _folder_dataset(tmp_path, with_eval=False, cameras=False)
+    with pytest.raises(DatasetError, match="--eval_every=5 needs query and gallery images.*"
+                                           "query/ and gallery/ sub-folders.*--eval_every=0"):
+        registry.check_dataset_supports(_config(eval_every=5), data)
+    registry.check_dataset_supports(_config(eval_every=0), data)
+    evaluable = _folder_dataset(tmp_path / "eval", with_eval=True, cameras=False)
+    registry.check_dataset_supports(_config(eval_every=5), evaluable)

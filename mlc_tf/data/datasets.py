@@ -13,7 +13,7 @@ from absl import logging
 
 # Person id then camera number, e.g. "0001_c1s1_001051_00.jpg" or "-1_c3s2_000123_01.jpg".
 _NAME_PATTERN = re.compile(r"([-\d]+)_c(\d+)")
-_JUNK_PID = -1
+JUNK_PID = -1  # Market's junk images (bad detections), dropped from every split
 # Bytes read from the end of a file to look for the JPEG end-of-image marker: encoders may pad.
 _TAIL_BYTES = 64
 _SOS, _EOI = 0xDA, 0xD9
@@ -90,6 +90,16 @@ def _empty_split(name: str, split: str, where: str, layout: str) -> DatasetError
     return DatasetError(f"{name}: the {split} split is empty ({where}). Expected layout:\n{layout}")
 
 
+def parse_market_name(file_name: str) -> tuple[int, int] | None:
+    """(pid, camera number as written, 1-based) of a Market-style name, or None if it has none.
+
+    Args:
+        file_name: a base name such as '0001_c1s1_001051_00.jpg' or '-1_c3_f0001.png'.
+    """
+    match = _NAME_PATTERN.search(file_name)
+    return None if match is None else (int(match.group(1)), int(match.group(2)))
+
+
 def parse_market_folder(name: str, folder: str, split: str, layout: str,
                         num_cameras: int | None = None) -> list[Sample]:
     """Samples of one Market-style folder, sorted by path, junk (pid -1) dropped.
@@ -116,15 +126,15 @@ def parse_market_folder(name: str, folder: str, split: str, layout: str,
         raise _empty_split(name, split, f"no *.jpg files in {folder!r}", layout)
     samples, bad = [], []
     for path in paths:
-        match = _NAME_PATTERN.search(os.path.basename(path))
-        if match is None:
+        parsed = parse_market_name(os.path.basename(path))
+        if parsed is None:
             bad.append(os.path.basename(path))
             continue
-        pid, cam = int(match.group(1)), int(match.group(2))
+        pid, cam = parsed
         if cam < 1 or (num_cameras is not None and cam > num_cameras):
             limit = f"1..{num_cameras}" if num_cameras else ">= 1"
             raise DatasetError(f"{name}: camera c{cam} of {path!r} is out of range ({limit}).")
-        if pid != _JUNK_PID:
+        if pid != JUNK_PID:
             samples.append(Sample(path, pid, cam - 1))
     if bad:
         raise DatasetError(

@@ -1,13 +1,14 @@
-"""Dataset names -> readers: Market-1501, DukeMTMC-reID, MSMT17 and the built-in synthetic set."""
+"""Dataset names -> readers, and the check that a run's options fit the dataset it reads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from mlc_tf.data import datasets, synthetic
+from mlc_tf.data import datasets, folder, synthetic
 
 _READERS: dict[str, Callable[..., datasets.ReidDataset]] = {
     "dukemtmc": datasets.read_dukemtmc,
+    "folder": folder.read_folder,
     "market1501": datasets.read_market1501,
     "msmt17": datasets.read_msmt17,
     "synthetic": synthetic.create_dataset,
@@ -24,8 +25,10 @@ def create(name: str, data_dir: str, **options) -> datasets.ReidDataset:
 
     Args:
         name: one of names().
-        data_dir: folder holding the dataset folder (or the dataset folder itself).
-        **options: verify_images, skip_corrupt; for 'synthetic' also the generator's options.
+        data_dir: folder holding the dataset folder (or the dataset folder itself; for
+            'folder', the folder of images).
+        **options: verify_images, skip_corrupt; for 'synthetic' also the generator's options;
+            for 'folder' only camera_regex or camera_from (folder.read_folder).
 
     Returns:
         The dataset.
@@ -37,3 +40,33 @@ def create(name: str, data_dir: str, **options) -> datasets.ReidDataset:
     if name not in _READERS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(names())}")
     return _READERS[name](data_dir, **options)
+
+
+def check_dataset_supports(config, dataset: datasets.ReidDataset) -> None:
+    """Refuses options that need what the dataset lacks: cameras, or a query/gallery split.
+
+    Call it as soon as the dataset is read, before any training work.
+
+    Args:
+        config: an mlc_tf.config.Config (reads cluster.camera_normalize,
+            data.camera_aware_sampler and train.eval_every).
+        dataset: the dataset the run trains on.
+
+    Raises:
+        DatasetError: camera_normalize or camera_aware_sampler with a training image of
+            unknown camera (camid < 0), or eval_every > 0 without query or gallery images.
+    """
+    if any(sample.camid < 0 for sample in dataset.train):
+        for option, wanted in (("camera_normalize", config.cluster.camera_normalize),
+                               ("camera_aware_sampler", config.data.camera_aware_sampler)):
+            if wanted:
+                raise datasets.DatasetError(
+                    f"--{option} needs the camera of every training image, but the "
+                    f"{dataset.name} dataset in {dataset.root!r} has images without one; "
+                    f"{folder.CAMERA_HINT}, or set --{option}=false")
+    if config.train.eval_every > 0 and not (dataset.query and dataset.gallery):
+        raise datasets.DatasetError(
+            f"--eval_every={config.train.eval_every} needs query and gallery images, but the "
+            f"{dataset.name} dataset in {dataset.root!r} has none (for --dataset=folder: "
+            "query/ and gallery/ sub-folders with Market-style names PPPP_cC...); "
+            "set --eval_every=0")
