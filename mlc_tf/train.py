@@ -149,6 +149,7 @@ def run(config: config_lib.Config, workdir: str, *,
                          f"{replicas} replicas")
     if data is None:
         data = registry.create(config.data.dataset, config.data.data_dir, **config.data.options())
+    registry.check_dataset_supports(config, data)
     num_train = len(data.train)
     logging.info("%s: %d train, %d query, %d gallery images; %d replica(s), %d images per "
                  "replica", data.name, num_train, len(data.query), len(data.gallery), replicas,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mlc_tf import export, features, model as model_lib
+from mlc_tf import export, feature_files, features, model as model_lib
 from mlc_tf.data import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,11 +54,11 @@ def test_extract_then_evaluate_equals_evaluate_on_the_dataset(setup):
     assert any(name.startswith("-1_") for name in gallery_names)
     with open(os.path.join(dataset.root, "gallery.txt"), "w") as handle:
         handle.writelines(f"bounding_box_test/{name}\n\n" for name in gallery_names)
-    count = features.extract_to_file(path, os.path.join(dataset.root, "gallery.txt"),
+    count = feature_files.extract_to_file(path, os.path.join(dataset.root, "gallery.txt"),
                                      gallery_file, batch_size=5, progress=False)
     assert count == len(gallery_names)
 
-    stored = features.load_feature_file(query_file)
+    stored = feature_files.load_feature_file(query_file)
     assert stored.paths == tuple(s.path for s in dataset.query)
     assert stored.features.dtype == np.float32 and stored.features.shape[0] == len(dataset.query)
     np.testing.assert_allclose(np.linalg.norm(stored.features, axis=1), 1.0, atol=1e-5)
@@ -70,7 +70,7 @@ def test_extract_then_evaluate_equals_evaluate_on_the_dataset(setup):
     printed = _run("evaluate", f"--query_features={query_file}",
                    f"--gallery_features={gallery_file}", f"--output_json={files_json}").stdout
     from_files = json.loads(open(files_json).read())
-    assert from_files == features.evaluate_feature_files(query_file, gallery_file)
+    assert from_files == feature_files.evaluate_feature_files(query_file, gallery_file)
     assert f"{100 * from_files['mAP']:.2f}%" in printed
     options = [f"{key}={value}" for key, value in TINY.items()]
     expected = features.evaluate_export(path, "synthetic", data_dir, options, progress=False)
@@ -101,7 +101,7 @@ def test_feature_files_score_a_hand_worked_case_without_junk(tmp_path):
             handle.write(tf.io.encode_png(np.full((8, 4, 3), 90, np.uint8)).numpy())
     query = _feature_file(tmp_path / "q.npz", query_names, [[1, 0], [1, 0]])
     gallery = _feature_file(tmp_path / "g.npz", gallery_names, [[0.8, 0.6], [0, 1], [1, 0]])
-    summary = features.evaluate_feature_files(query, gallery, ranklist_dir=str(tmp_path / "r"))
+    summary = feature_files.evaluate_feature_files(query, gallery, ranklist_dir=str(tmp_path / "r"))
     assert summary["mAP"] == pytest.approx(0.75) and summary["rank1"] == pytest.approx(0.5)
     assert summary["rank5"] == pytest.approx(1.0) and summary["mINP"] == pytest.approx(0.75)
     assert (summary["num_query"], summary["num_gallery"]) == (2, 2)
@@ -115,30 +115,30 @@ def test_feature_file_errors(tmp_path):
     other = _feature_file(tmp_path / "other.npz", ["0001_c2.jpg"], [[1, 0]],
                           {"image_size": [64, 32]})
     with pytest.raises(ValueError, match="do not parse .*frame7.jpg"):
-        features.evaluate_feature_files(unparsed, good)
+        feature_files.evaluate_feature_files(unparsed, good)
     with pytest.raises(ValueError, match="different exports"):
-        features.evaluate_feature_files(good, other)
+        feature_files.evaluate_feature_files(good, other)
     with pytest.raises(ValueError, match="needs both"):
-        features.evaluate_feature_files(good, None)
+        feature_files.evaluate_feature_files(good, None)
     np.savez(tmp_path / "plain.npz", features=np.zeros((1, 2)))
     with pytest.raises(ValueError, match="not a bin/extract feature file .*paths"):
-        features.load_feature_file(str(tmp_path / "plain.npz"))
+        feature_files.load_feature_file(str(tmp_path / "plain.npz"))
 
 
 def test_list_images(tmp_path):
     (tmp_path / "imgs" / "b").mkdir(parents=True)
     for name in ("imgs/b/2.png", "imgs/1.JPG", "imgs/notes.txt"):
         (tmp_path / name).write_bytes(b"x")
-    assert features.list_images(str(tmp_path / "imgs")) == [
+    assert feature_files.list_images(str(tmp_path / "imgs")) == [
         str(tmp_path / "imgs" / "1.JPG"), str(tmp_path / "imgs" / "b" / "2.png")]
     (tmp_path / "list.txt").write_text("imgs/b/2.png\n\n" + str(tmp_path / "imgs/1.JPG") + "\n")
-    assert features.list_images(str(tmp_path / "list.txt")) == [
+    assert feature_files.list_images(str(tmp_path / "list.txt")) == [
         str(tmp_path / "imgs" / "b" / "2.png"), str(tmp_path / "imgs" / "1.JPG")]
     (tmp_path / "broken.txt").write_text("imgs/1.JPG\nimgs/gone.jpg\n")
     with pytest.raises(FileNotFoundError, match="1 image.* missing .*gone.jpg"):
-        features.list_images(str(tmp_path / "broken.txt"))
+        feature_files.list_images(str(tmp_path / "broken.txt"))
     with pytest.raises(FileNotFoundError, match="neither a folder nor a list file"):
-        features.list_images(str(tmp_path / "absent"))
+        feature_files.list_images(str(tmp_path / "absent"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no JPEG or PNG images"):
-        features.list_images(str(tmp_path / "empty"))
+        feature_files.list_images(str(tmp_path / "empty"))
