@@ -68,6 +68,7 @@ def pseudo_labels(features: np.ndarray, cluster: config_lib.ClusterConfig, *, se
         fixed = cluster.eps_mode == "fixed" or eps is not None
         options.update(k1=cluster.k1, k2=cluster.k2, min_samples=cluster.min_samples,
                        variant=cluster.jaccard_variant, knn_backend=cluster.knn_backend,
+                       knn_recall_floor=cluster.knn_recall_floor,
                        eps_mode="fixed" if fixed else "rho", rho=cluster.rho,
                        eps=cluster.eps if eps is None else eps)
     return assign_pseudo_labels(features, **options)
