@@ -95,8 +95,10 @@ def test_sampled_recall_hand_case():
     x = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]], np.float32)
     lists = np.array([[0, 1, 3], [1, 0, 2], [2, 1, 3], [3, 4, 0], [4, 0, 1]])
     assert knn.sampled_recall(x, lists, num_queries=5) == pytest.approx((1 + 2 + 2 + 1 + 0) / 10)
-    # Without self in the list: row 0 finds both of {1, 3}; at most 2 count per row.
-    assert knn.sampled_recall(x[:3], np.array([[1, 2, 0], [0, 2, 1], [1, 0, 2]]), 3) == 1.0
+    # Lists of 3 others: from 3, the points 1, 0 and 6 are all within the second nearest
+    # distance, but at most 2 count per row.
+    others = np.array([[1, 2, 3], [0, 2, 3], [1, 0, 3], [2, 1, 0]])
+    assert knn.sampled_recall(x[:4], others, num_queries=4) == 1.0
     assert knn.sampled_recall(x, lists[:, :1], num_queries=5) == 1.0  # Nothing to find.
 
 
