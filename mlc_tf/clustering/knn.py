@@ -1,4 +1,4 @@
-"""Nearest neighbours for the k-reciprocal encoding: exact (TensorFlow), IVF or pynndescent."""
+"""k-reciprocal neighbours: exact (TensorFlow), IVF or pynndescent, and their sampled recall."""
 
 import sys
 import time
@@ -33,7 +33,6 @@ RECALL_QUERIES = 256
 # A widened search: ivf probes this many cells per query, pynndescent keeps this many times
 # more candidates.
 _WIDER = 4
-ACTIONS = ("none", "widened", "exact fallback")
 
 BACKENDS = ("auto", "exact", "ivf", "pynndescent")
 
