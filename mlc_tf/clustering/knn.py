@@ -1,4 +1,4 @@
-"""k-reciprocal neighbours: exact (TensorFlow), IVF or pynndescent, and their sampled recall."""
+"""Nearest neighbours for the Jaccard distance: exact, IVF or pynndescent, and their recall."""
 
 import sys
 import time
