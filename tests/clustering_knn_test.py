@@ -124,9 +124,11 @@ def test_checked_neighbours_widens_or_falls_back():
     widened = knn.checked_neighbours(x, 21, "ivf", recall_floor=0.5)
     assert (widened.action, widened.backend, widened.first_backend) == ("widened", "ivf", "ivf")
     assert widened.first_recall == measured.first_recall and widened.recall >= 0.5
+    assert widened.widened_recall == widened.recall and measured.widened_recall is None
     assert _full_recall(widened.neighbours.indices, exact.indices) >= 0.5
     fallback = knn.checked_neighbours(x, 21, "ivf", recall_floor=0.9)
     assert (fallback.action, fallback.backend, fallback.recall) == ("exact fallback", "exact", 1.0)
+    assert fallback.widened_recall == widened.recall  # Widened first, still below the floor.
     np.testing.assert_array_equal(fallback.neighbours.indices, exact.indices)
     unmeasured = knn.checked_neighbours(x, 21, "exact")
     assert (unmeasured.action, unmeasured.recall, unmeasured.seconds_recall) == ("none", 1.0, 0.0)

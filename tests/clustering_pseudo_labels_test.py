@@ -93,6 +93,7 @@ def test_low_knn_recall_falls_back_to_exact(caplog, capsys):
     assert stats["knn_backend"] == "exact" and stats["seconds_knn_recall"] > 0
     np.testing.assert_array_equal(labels, exact_labels)
     assert stats["outlier_fraction"] < 0.2  # ivf alone leaves 87% outliers here.
+    assert 0.3 < stats["knn_widened_recall"] < 0.9  # Multi-probe ivf finds more, not enough.
     assert any("exact fallback" in m and "0.2" in m for m in _warnings(caplog))
     assert "exact fallback from ivf" in capsys.readouterr().out
     _, widened = assign_pseudo_labels(x, knn_backend="ivf", knn_recall_floor=0.5)

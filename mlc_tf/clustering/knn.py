@@ -123,6 +123,7 @@ class CheckedSearch(NamedTuple):
         action: 'none', 'widened' (a wider approximate search) or 'exact fallback'.
         first_backend: the backend of the first search.
         first_recall: the sampled recall of the first search.
+        widened_recall: the sampled recall of the widened search, None if there was none.
         seconds_recall: time spent measuring recall.
     """
 
@@ -132,6 +133,7 @@ class CheckedSearch(NamedTuple):
     action: str
     first_backend: str
     first_recall: float
+    widened_recall: float | None
     seconds_recall: float
 
 
@@ -160,19 +162,20 @@ def checked_neighbours(features: np.ndarray, k: int, backend: str = "auto", seed
     first = resolve_backend(x.shape[0], x.shape[1], backend)
     found = neighbours(x, k, first, seed)
     if first == "exact":
-        return CheckedSearch(found, first, 1.0, "none", first, 1.0, 0.0)
+        return CheckedSearch(found, first, 1.0, "none", first, 1.0, None, 0.0)
     tick = time.perf_counter()
     first_recall = recall = sampled_recall(x, found.indices, num_queries, seed)
     seconds = time.perf_counter() - tick
-    action, final = "none", first
+    action, final, widened_recall = "none", first, None
     if recall < recall_floor:
         action, found = "widened", neighbours(x, k, first, seed, width=_WIDER)
         tick = time.perf_counter()
-        recall = sampled_recall(x, found.indices, num_queries, seed)
+        widened_recall = recall = sampled_recall(x, found.indices, num_queries, seed)
         seconds += time.perf_counter() - tick
     if recall < recall_floor:
         action, final, found, recall = "exact fallback", "exact", _exact(x, k), 1.0
-    return CheckedSearch(found, final, recall, action, first, first_recall, seconds)
+    return CheckedSearch(found, final, recall, action, first, first_recall, widened_recall,
+                         seconds)
 
 
 def sampled_recall(features: np.ndarray, indices: np.ndarray,

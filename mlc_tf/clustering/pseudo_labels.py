@@ -69,7 +69,8 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
             _median / _max, eps (None for k-means), k1, k2, knn_backend (that of the lists
             used), knn_action ('none', 'widened' or 'exact fallback'), knn_recall (sampled
             recall of the lists used, 1.0 for exact ones), knn_first_backend and
-            knn_first_recall (the first search's), seconds_knn_recall (included in
+            knn_first_recall (the first search's), knn_widened_recall (None when not widened),
+            seconds_knn_recall (included in
             seconds_neighbours), seconds_neighbours, seconds_jaccard, seconds_clustering and
             seconds (total); the knn_ entries are None for k-means.
 
@@ -92,7 +93,8 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
     log = _Log(verbose)
     stats: dict[str, Any] = {"k1": None, "k2": None, "eps": None, "knn_backend": None,
                              "knn_action": None, "knn_recall": None, "knn_first_backend": None,
-                             "knn_first_recall": None, "seconds_knn_recall": 0.0,
+                             "knn_first_recall": None, "knn_widened_recall": None,
+                             "seconds_knn_recall": 0.0,
                              "seconds_neighbours": 0.0, "seconds_jaccard": 0.0}
     start = time.perf_counter()
     if method == "kmeans":
@@ -107,11 +109,13 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
         stats.update(k1=k1, k2=k2, knn_backend=search.backend, knn_action=search.action,
                      knn_recall=search.recall, knn_first_backend=search.first_backend,
                      knn_first_recall=search.first_recall,
+                     knn_widened_recall=search.widened_recall,
                      seconds_knn_recall=search.seconds_recall)
         if search.action != "none":
-            logging.warning("kNN: %s recall@%d %.3f is below the floor %.2f; %s: %s, recall %.3f",
-                            search.first_backend, length, search.first_recall,
-                            knn_recall_floor, search.action, search.backend, search.recall)
+            logging.warning("kNN: %s recall@%d %.3f is below the floor %.2f; widened search: "
+                            "recall %.3f; using %s neighbours (%s)", search.first_backend,
+                            length, search.first_recall, knn_recall_floor,
+                            search.widened_recall, search.backend, search.action)
         action = "" if search.action == "none" else f", {search.action} from {search.first_backend}"
         stats["seconds_neighbours"] = log.stage(
             f"neighbours ({search.backend}, k={length}, recall {search.recall:.3f}{action})",
