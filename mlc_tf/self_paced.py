@@ -166,6 +166,8 @@ def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_
         scalars["cluster/outlier_fraction"] = float(np.mean(labels < 0))
     if stats.get("eps") is not None:
         scalars["cluster/eps"] = float(stats["eps"])
+    if stats.get("knn_recall") is not None:
+        scalars["cluster/knn_recall"] = float(stats["knn_recall"])
     ok = usable(labels, batch_size)
     scalars["cluster/usable"] = float(ok)
     kept = labels.astype(np.int64) if ok else np.full(len(labels), -1, np.int64)
