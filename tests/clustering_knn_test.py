@@ -102,13 +102,16 @@ def test_sampled_recall_hand_case():
     assert knn.sampled_recall(x, lists[:, :1], num_queries=5) == 1.0  # Nothing to find.
 
 
-def test_sampled_recall_equals_full_recall():
+def test_sampled_recall_equals_full_recall(monkeypatch):
     x, _ = noise_dominated(2000)
     exact = knn.neighbours(x, 21, "exact")
     approx = knn.neighbours(x, 21, "ivf")
     full = _full_recall(approx.indices, exact.indices)
     assert full < 0.5  # ivf fails on such features (0.22 here).
     assert knn.sampled_recall(x, approx.indices, num_queries=2000) == pytest.approx(full, abs=1e-12)
+    monkeypatch.setattr(knn, "_BLOCK_FLOATS", 45 * 2000)  # Blocks of 45 queries, the last short.
+    assert knn.sampled_recall(x, approx.indices, num_queries=2000) == pytest.approx(full, abs=1e-12)
+    monkeypatch.undo()
     assert knn.sampled_recall(x, approx.indices, num_queries=256, seed=3) == pytest.approx(
         full, abs=0.03)
     assert knn.sampled_recall(x, exact.indices, num_queries=256) == 1.0
