@@ -147,6 +147,9 @@ class ClusterConfig:
         "from-scratch synthetic demo).")
     knn_backend: str = _field("auto", "Nearest-neighbour backend of the Jaccard distance.",
                               ("auto", "exact", "ivf", "pynndescent"))
+    knn_recall_floor: float = _field(
+        0.9, "Least sampled recall@(k1+1) of approximate neighbours: below it the search is "
+        "widened, then replaced by exact neighbours (0 only measures).")
 
 
 @dataclasses.dataclass(frozen=True)

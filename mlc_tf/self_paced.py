@@ -68,6 +68,7 @@ def pseudo_labels(features: np.ndarray, cluster: config_lib.ClusterConfig, *, se
         fixed = cluster.eps_mode == "fixed" or eps is not None
         options.update(k1=cluster.k1, k2=cluster.k2, min_samples=cluster.min_samples,
                        variant=cluster.jaccard_variant, knn_backend=cluster.knn_backend,
+                       knn_recall_floor=cluster.knn_recall_floor,
                        eps_mode="fixed" if fixed else "rho", rho=cluster.rho,
                        eps=cluster.eps if eps is None else eps)
     return assign_pseudo_labels(features, **options)
@@ -165,6 +166,8 @@ def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_
         scalars["cluster/outlier_fraction"] = float(np.mean(labels < 0))
     if stats.get("eps") is not None:
         scalars["cluster/eps"] = float(stats["eps"])
+    if stats.get("knn_recall") is not None:
+        scalars["cluster/knn_recall"] = float(stats["knn_recall"])
     ok = usable(labels, batch_size)
     scalars["cluster/usable"] = float(ok)
     kept = labels.astype(np.int64) if ok else np.full(len(labels), -1, np.int64)

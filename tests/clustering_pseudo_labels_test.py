@@ -1,5 +1,7 @@
 """Tests of DBSCAN / k-means pseudo labels and the degenerate inputs."""
 
+import logging
+
 import numpy as np
 import pytest
 import sklearn.cluster
@@ -14,6 +16,20 @@ def _clustered(n, dim=32, ids=30, seed=0, noise=0.5):
     truth = rng.integers(0, ids, n)
     x = rng.standard_normal((ids, dim))[truth] + noise * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def _noise_dominated(n, dim=1024, ids=150, signal=0.32, seed=0):
+    """Clustered unit features drowned in isotropic noise, as from an early network (nearest
+    neighbour cosine about 0.15 at signal 0.32, 0.13 at 0.29): ivf's recall@21 is about 0.2."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, ids, n)
+    centres = rng.standard_normal((ids, dim)) / np.sqrt(dim)
+    x = signal * centres[truth] + rng.standard_normal((n, dim)) / np.sqrt(dim)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), truth
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_dbscan_sparse_equals_dense_labels():
@@ -46,6 +62,8 @@ def test_recovers_identities_and_reports_stats():
     labels, stats = assign_pseudo_labels(x, knn_backend="exact")
     assert labels.dtype == np.int64 and labels.shape == (600,)
     assert stats["num_clusters"] == 20 and stats["eps"] == 0.6
+    assert (stats["knn_backend"], stats["knn_action"]) == ("exact", "none")
+    assert stats["knn_recall"] == 1.0 and stats["seconds_knn_recall"] == 0.0
     assert stats["num_outliers"] == (labels == -1).sum()
     assert stats["cluster_size_min"] <= stats["cluster_size_median"] <= stats["cluster_size_max"]
     for key in ("seconds_neighbours", "seconds_jaccard", "seconds_clustering", "seconds"):
@@ -63,15 +81,47 @@ def test_deterministic_and_silent(capsys):
     assert capsys.readouterr().out == ""
     assign_pseudo_labels(x, knn_backend="exact", verbose=True)
     printed = capsys.readouterr().out
-    assert "neighbours" in printed and "dbscan" in printed
+    assert "neighbours" in printed and "dbscan" in printed and "recall 1.000" in printed
 
 
-def test_all_outliers():
+def test_low_knn_recall_falls_back_to_exact(caplog, capsys):
+    x, _ = _noise_dominated(3000)
+    exact_labels, _ = assign_pseudo_labels(x, knn_backend="exact")
+    labels, stats = assign_pseudo_labels(x, knn_backend="ivf", verbose=True)
+    assert (stats["knn_first_backend"], stats["knn_action"]) == ("ivf", "exact fallback")
+    assert stats["knn_first_recall"] < 0.3 and stats["knn_recall"] >= 0.9
+    assert stats["knn_backend"] == "exact" and stats["seconds_knn_recall"] > 0
+    np.testing.assert_array_equal(labels, exact_labels)
+    assert stats["outlier_fraction"] < 0.2  # ivf alone leaves 87% outliers here.
+    assert 0.3 < stats["knn_widened_recall"] < 0.9  # Multi-probe ivf finds more, not enough.
+    assert any("exact fallback" in m and "0.2" in m for m in _warnings(caplog))
+    assert "exact fallback from ivf" in capsys.readouterr().out
+    _, widened = assign_pseudo_labels(x, knn_backend="ivf", knn_recall_floor=0.5)
+    assert widened["knn_action"] == "widened" and widened["knn_recall"] >= 0.5
+    with pytest.raises(ValueError, match="floor"):
+        assign_pseudo_labels(x, knn_backend="ivf", knn_recall_floor=-0.1)
+
+
+def test_collapse_is_not_silent(caplog):
+    x, _ = _noise_dominated(3000, signal=0.29)
+    _, stats = assign_pseudo_labels(x, knn_backend="ivf", knn_recall_floor=0.0)
+    assert stats["knn_action"] == "none" and stats["outlier_fraction"] > 0.9
+    warned = [m for m in _warnings(caplog) if "collapsed" in m]
+    assert len(warned) == 1
+    assert f"{100 * stats['outlier_fraction']:.1f}% of 3000" in warned[0]
+    assert f"recall {stats['knn_recall']:.3f}" in warned[0]
+
+
+def test_all_outliers(caplog):
     x = np.random.default_rng(0).standard_normal((200, 64)).astype(np.float32)
     labels, stats = assign_pseudo_labels(x, eps=0.05, knn_backend="exact")
     assert (labels == -1).all()
     assert stats["all_outliers"] and stats["num_clusters"] == 0
     assert stats["outlier_fraction"] == 1.0 and stats["cluster_size_max"] == 0
+    assert any("100.0% of 200" in m and "recall 1.000" in m for m in _warnings(caplog))
+    caplog.clear()
+    assign_pseudo_labels(_clustered(600, ids=20)[0], knn_backend="exact")  # 0% outliers.
+    assert not _warnings(caplog)
 
 
 def test_fewer_points_than_k1_and_duplicates():

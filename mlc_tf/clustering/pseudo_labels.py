@@ -5,11 +5,14 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+from absl import logging
 
 from mlc_tf.clustering import cluster, jaccard, knn
 
 METHODS = ("dbscan", "kmeans")
 EPS_MODES = ("fixed", "rho")
+# Above this share of outliers a clustering has collapsed: it is logged as a warning.
+COLLAPSE_OUTLIER_FRACTION = 0.9
 
 
 def check_features(features: np.ndarray) -> np.ndarray:
@@ -34,13 +37,16 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
                          k2: int = 6, eps: float = 0.6, eps_mode: str = "fixed",
                          rho: float = 1.6e-3, min_samples: int = 4,
                          num_clusters: int | None = None, variant: str = "zhong",
-                         knn_backend: str = "auto", seed: int = 0,
-                         verbose: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+                         knn_backend: str = "auto", knn_recall_floor: float = 0.9,
+                         seed: int = 0, verbose: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Clusters L2-normalised features into pseudo identities (spec §6.3-§6.4).
 
     DBSCAN runs on the k-reciprocal Jaccard distance, computed sparsely. With eps_mode='rho' eps
     comes from the rho rule and is returned in the stats: pass it back with eps_mode='fixed' in
-    later rounds, as the rule prescribes (spec §6.4, A11).
+    later rounds, as the rule prescribes (spec §6.4, A11). An approximate kNN search has its
+    recall measured on sampled queries and is widened, then replaced by exact neighbours, while
+    below `knn_recall_floor` (see knn.checked_neighbours); either step is logged. A clustering
+    that leaves more than 90% of the points outliers is logged as a warning with the recall.
 
     Args:
         features: (N, d) features, L2-normalised by the caller.
@@ -53,14 +59,20 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
         num_clusters: k of k-means (required for method='kmeans').
         variant: neighbour weighting, 'zhong' or 'spcl'.
         knn_backend: 'auto', 'exact', 'ivf' or 'pynndescent' (see knn.resolve_backend).
+        knn_recall_floor: least sampled recall@(k1 + 1) of approximate neighbours, in [0, 1].
         seed: seed of the approximate neighbours and of k-means.
         verbose: print one timing line per stage and a progress indicator.
 
     Returns:
         labels: (N,) int64, -1 for outliers, clusters numbered 0..C-1.
         stats: num_clusters, num_outliers, outlier_fraction, all_outliers, cluster_size_min /
-            _median / _max, eps (None for k-means), k1, k2, knn_backend, seconds_neighbours,
-            seconds_jaccard, seconds_clustering and seconds (total).
+            _median / _max, eps (None for k-means), k1, k2, knn_backend (that of the lists
+            used), knn_action ('none', 'widened' or 'exact fallback'), knn_recall (sampled
+            recall of the lists used, 1.0 for exact ones), knn_first_backend and
+            knn_first_recall (the first search's), knn_widened_recall (None when not widened),
+            seconds_knn_recall (included in
+            seconds_neighbours), seconds_neighbours, seconds_jaccard, seconds_clustering and
+            seconds (total); the knn_ entries are None for k-means.
 
     Raises:
         ValueError: on bad options or features that are not finite.
@@ -79,7 +91,10 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
     x = check_features(features)
     n = len(x)
     log = _Log(verbose)
-    stats: dict[str, Any] = {"k1": None, "k2": None, "knn_backend": None, "eps": None,
+    stats: dict[str, Any] = {"k1": None, "k2": None, "eps": None, "knn_backend": None,
+                             "knn_action": None, "knn_recall": None, "knn_first_backend": None,
+                             "knn_first_recall": None, "knn_widened_recall": None,
+                             "seconds_knn_recall": 0.0,
                              "seconds_neighbours": 0.0, "seconds_jaccard": 0.0}
     start = time.perf_counter()
     if method == "kmeans":
@@ -88,10 +103,23 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
     else:
         k1 = max(0, min(k1, n - 1))
         k2 = max(1, min(k2, k1 + 1))
-        backend = knn.resolve_backend(n, x.shape[1], knn_backend)
-        stats.update(k1=k1, k2=k2, knn_backend=backend)
-        nbrs = knn.neighbours(x, jaccard.required_list_length(k1), backend, seed)
-        stats["seconds_neighbours"] = log.stage(f"neighbours ({backend}, k={k1 + 1})", start)
+        length = jaccard.required_list_length(k1)
+        search = knn.checked_neighbours(x, length, knn_backend, seed, knn_recall_floor)
+        nbrs = search.neighbours
+        stats.update(k1=k1, k2=k2, knn_backend=search.backend, knn_action=search.action,
+                     knn_recall=search.recall, knn_first_backend=search.first_backend,
+                     knn_first_recall=search.first_recall,
+                     knn_widened_recall=search.widened_recall,
+                     seconds_knn_recall=search.seconds_recall)
+        if search.action != "none":
+            logging.warning("kNN: %s recall@%d %.3f is below the floor %.2f; widened search: "
+                            "recall %.3f; using %s neighbours (%s)", search.first_backend,
+                            length, search.first_recall, knn_recall_floor,
+                            search.widened_recall, search.backend, search.action)
+        action = "" if search.action == "none" else f", {search.action} from {search.first_backend}"
+        stats["seconds_neighbours"] = log.stage(
+            f"neighbours ({search.backend}, k={length}, recall {search.recall:.3f}{action})",
+            start)
         tick = time.perf_counter()
         distances = jaccard.sparse_jaccard(
             x, nbrs, k1, k2, variant, max_distance=1.0 if eps_mode == "rho" else eps,
@@ -107,6 +135,13 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
         stats["seconds_clustering"] = log.stage(f"dbscan (eps={eps:.4f})", tick)
     stats.update(_label_stats(labels))
     stats["seconds"] = time.perf_counter() - start
+    if stats["outlier_fraction"] > COLLAPSE_OUTLIER_FRACTION:
+        recall = "n/a" if stats["knn_recall"] is None else f"{stats['knn_recall']:.3f}"
+        logging.warning(
+            "clustering collapsed: %.1f%% of %d points are outliers (%d clusters); kNN recall %s "
+            "(%s, %s); check the features, eps (%s) and the kNN backend", 100 *
+            stats["outlier_fraction"], n, stats["num_clusters"], recall, stats["knn_backend"],
+            stats["knn_action"], stats["eps"])
     if verbose:
         print(f"  clustering: {stats['num_clusters']} clusters, {stats['num_outliers']} "
               f"outliers ({100 * stats['outlier_fraction']:.1f}%) in {stats['seconds']:.1f} s",
