@@ -266,6 +266,8 @@ def _log_round(epoch: int, labelled: self_paced.Round, batch_size: int, verbose:
     scalars = labelled.scalars
     found = (f"{int(scalars['cluster/num_clusters'])} clusters, "
              f"{100 * scalars.get('cluster/outlier_fraction', 0.0):.1f}% outliers")
+    if "cluster/knn_recall" in scalars:
+        found += f", kNN recall {scalars['cluster/knn_recall']:.3f}"
     if not labelled.usable:
         logging.warning("epoch %d: clustering gave no usable clusters (%s; need 2 clusters and "
                         "one batch of %d); training this epoch with the multi-label loss only",
