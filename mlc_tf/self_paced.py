@@ -128,19 +128,22 @@ class Round:
     Attributes:
         labels: (N,) int64 labels to train on, -1 = not trained by the joint losses (all -1
             when the round gave nothing usable).
-        usable: whether the labels can train the joint losses.
         scalars: TensorBoard scalars ('cluster/...'), diagnostics against true ids included.
         eps: the DBSCAN eps used, or None.
     """
 
     labels: np.ndarray
-    usable: bool
     scalars: dict[str, float]
     eps: float | None = None
 
     @property
     def num_classes(self) -> int:
         return num_classes(self.labels)
+
+    @property
+    def usable(self) -> bool:
+        """Whether the labels train the joint losses (recluster keeps only usable ones)."""
+        return self.num_classes > 0
 
 
 def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_size: int,
@@ -171,7 +174,7 @@ def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_
     ok = usable(labels, batch_size)
     scalars["cluster/usable"] = float(ok)
     kept = labels.astype(np.int64) if ok else np.full(len(labels), -1, np.int64)
-    return Round(kept, ok, scalars, stats.get("eps"))
+    return Round(kept, scalars, stats.get("eps"))
 
 
 class ClusteringLabels:
@@ -203,7 +206,7 @@ class TrueLabels:
         """The true labels; features is never called."""
         del features, seed, eps, verbose
         labels = self.labels.astype(np.int64)
-        return Round(labels, True, {"cluster/num_clusters": float(num_classes(labels))})
+        return Round(labels, {"cluster/num_clusters": float(num_classes(labels))})
 
 
 LabelSource = ClusteringLabels | TrueLabels
