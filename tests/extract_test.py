@@ -8,32 +8,15 @@ import os
 import subprocess
 import sys
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from mlc_tf import export, feature_files, features, model as model_lib
-from mlc_tf.data import registry
+from mlc_tf import export, feature_files, features
+
+from conftest import TINY_IMAGE_SIZE as IMAGE_SIZE, TINY_SET as TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE_SIZE = (32, 16)
-TINY = dict(num_train_ids=1, num_test_ids=6, images_per_camera=2, num_cameras=3,
-            cameras_per_id=2, height=32, width=16)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """(root, data_dir, dataset, export path) of an untrained resnet18 at 32x16."""
-    root = tmp_path_factory.mktemp("extract")
-    data_dir = str(root / "data")
-    dataset = registry.create("synthetic", data_dir, **TINY)
-    keras.utils.set_random_seed(0)
-    network = model_lib.build_model(backbone="resnet18", image_size=IMAGE_SIZE,
-                                    pretrained="none")
-    path = export.export_feature_extractor(network, str(root / "export"),
-                                           image_size=IMAGE_SIZE, feature="pooled")
-    return root, data_dir, dataset, path
 
 
 def _run(binary: str, *args: str) -> subprocess.CompletedProcess:
@@ -43,8 +26,8 @@ def _run(binary: str, *args: str) -> subprocess.CompletedProcess:
     return completed
 
 
-def test_extract_then_evaluate_equals_evaluate_on_the_dataset(setup):
-    root, data_dir, dataset, path = setup
+def test_extract_then_evaluate_equals_evaluate_on_the_dataset(tiny_export):
+    root, data_dir, dataset, _, path = tiny_export
     query_file, gallery_file = str(root / "query.npz"), str(root / "gallery.npz")
     # Queries: bin/extract on the query folder. Gallery: the library on a list file of relative
     # paths that also names the junk (pid -1) images, which the evaluation drops as the reader does.

@@ -2,34 +2,16 @@
 
 import json
 
-import keras
 import numpy as np
 import pytest
 
-from mlc_tf import evaluation, export, features, model as model_lib
-from mlc_tf.data import registry
+from mlc_tf import evaluation, export, features
 
-IMAGE_SIZE = (32, 16)
-TINY = dict(num_train_ids=1, num_test_ids=6, images_per_camera=2, num_cameras=3,
-            cameras_per_id=2, height=32, width=16)
+from conftest import TINY_IMAGE_SIZE as IMAGE_SIZE, TINY_SET as TINY
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """(root, data_dir, dataset, network, export path)."""
-    root = tmp_path_factory.mktemp("features")
-    data_dir = str(root / "data")
-    dataset = registry.create("synthetic", data_dir, **TINY)
-    keras.utils.set_random_seed(0)
-    network = model_lib.build_model(backbone="resnet18", image_size=IMAGE_SIZE,
-                                    pretrained="none")
-    path = export.export_feature_extractor(network, str(root / "export"),
-                                           image_size=IMAGE_SIZE, feature="pooled")
-    return root, data_dir, dataset, network, path
-
-
-def test_a_network_and_its_export_evaluate_alike(setup):
-    _, _, dataset, network, path = setup
+def test_a_network_and_its_export_evaluate_alike(tiny_export):
+    _, _, dataset, network, path = tiny_export
     embed = features.make_embedder(network, "pooled")
     extractor = export.load_feature_extractor(path)
     direct = features.evaluate(embed, dataset, image_size=IMAGE_SIZE, batch_size=5)
@@ -45,8 +27,8 @@ def test_a_network_and_its_export_evaluate_alike(setup):
     np.testing.assert_allclose(np.linalg.norm(direct.query, axis=1), 1.0, atol=1e-5)
 
 
-def test_evaluate_export_in_process_writes_json_and_ranklists(setup, capsys):
-    root, data_dir, dataset, network, path = setup
+def test_evaluate_export_in_process_writes_json_and_ranklists(tiny_export, capsys):
+    root, data_dir, dataset, network, path = tiny_export
     out_json, ranklists = root / "metrics.json", root / "ranklists"
     options = [f"{k}={v}" for k, v in TINY.items()]
     summary = features.evaluate_export(path, "synthetic", data_dir, options,
