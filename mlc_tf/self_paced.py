@@ -212,6 +212,12 @@ class TrueLabels:
 LabelSource = ClusteringLabels | TrueLabels
 
 
+def identities_known(pids: np.ndarray) -> bool:
+    """Whether every training sample has its true identity (no negative pid)."""
+    pids = np.asarray(pids)
+    return bool(pids.size) and bool((pids >= 0).all())
+
+
 def label_source(config: config_lib.Config, pids: np.ndarray,
                  camids: np.ndarray) -> LabelSource | None:
     """Where a run's labels come from: true ids (supervised), clustering, or none (ML only).
@@ -226,7 +232,7 @@ def label_source(config: config_lib.Config, pids: np.ndarray,
         ValueError: supervised training without a true identity for every sample.
     """
     pids = np.asarray(pids)
-    known = bool(pids.size) and bool((pids >= 0).all())
+    known = identities_known(pids)
     if config.train.supervised:
         if not known:
             raise ValueError("--supervised needs the true identity of every training image")

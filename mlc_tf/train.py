@@ -156,8 +156,8 @@ def run(config: config_lib.Config, workdir: str, *,
                  config.data.batch_size // replicas)
     pids = np.array([s.pid for s in data.train])
     labels_from = self_paced.label_source(config, pids, np.array([s.camid for s in data.train]))
-    has_pids = bool((pids >= 0).all())
-    learner = build(config, strategy, num_train, slot_pids=pids if has_pids else None)
+    learner = build(config, strategy, num_train,
+                    slot_pids=pids if self_paced.identities_known(pids) else None)
     with strategy.scope():
         state = checkpointing.RunState()
         clusters = self_paced.ClusterState(num_train)

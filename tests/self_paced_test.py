@@ -90,5 +90,8 @@ def test_label_sources():
     assert mlc.true_labels is pids
     unknown = self_paced.label_source(config_lib.Config(), np.full(5, -1), cams)
     assert unknown.true_labels is None
+    assert self_paced.identities_known(pids)
+    assert not self_paced.identities_known(np.array([3, -1]))
+    assert not self_paced.identities_known(np.array([], int))
     ml_only = config_lib.Config(cluster=config_lib.ClusterConfig(clustering="none"))
     assert self_paced.label_source(ml_only, pids, cams) is None
