@@ -119,6 +119,10 @@ class LossConfig:
     triplet_soft: bool = _field(False, "Soft-margin triplet log(1 + exp(d_ap - d_an)).")
     triplet_feature: str = _field("pooled", "Triplet on pre-BN f_all or its L2-normalised form.",
                                   ("pooled", "normalized"))
+    mplp_camera_normalize: bool = _field(
+        False, "Not in the paper: MPLP ranks the memory with each camera's mean row subtracted "
+        "(rows re-normalised), so that its positives are not the other people one camera sees "
+        "when camera style dominates the features; MMCL's logits still use the plain memory.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -224,6 +224,7 @@ MEMORY_TARGETS = ("one_hot", "mplp", "none")
 
 def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
                   memory: tf.Tensor | None, options, memory_targets: str,
+                  label_memory: tf.Tensor | None = None,
                   classifier: Callable[[tf.Tensor], tf.Tensor] | None = None,
                   labels: tf.Tensor | None = None,
                   gather: Callable[[tf.Tensor], tf.Tensor] = lambda t: t,
@@ -246,6 +247,8 @@ def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
         memory: (N, D) memory bank, read as a constant; None with memory_targets 'none'.
         options: a config.LossConfig (thresholds, ratios, weights, triplet options).
         memory_targets: 'one_hot' (own slot), 'mplp' (MPLP labels) or 'none' (no memory loss).
+        label_memory: (N, D) bank MPLP ranks to predict the positives; default `memory`
+            (the camera-centred memory with --mplp_camera_normalize).
         classifier: maps neck features to class logits; with labels.
         labels: (B,) class labels in [0, C), or None for the memory loss alone.
         gather: concatenates a local tensor over all replicas (triplet mining over the
@@ -277,7 +280,8 @@ def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
         memory = tf.stop_gradient(tf.convert_to_tensor(memory, tf.float32))
         logits = memory_lib.similarities(embedded, memory)
         if memory_targets == "mplp":
-            targets = mplp_targets(memory, indices, threshold=options.mplp_threshold,
+            targets = mplp_targets(memory if label_memory is None else label_memory, indices,
+                                   threshold=options.mplp_threshold,
                                    min_candidates=options.mplp_min_candidates,
                                    max_candidates=options.mplp_max_candidates,
                                    second_candidate_quirk=options.mplp_quirk)

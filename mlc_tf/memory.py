@@ -62,6 +62,22 @@ def similarities(features: tf.Tensor, memory: tf.Tensor) -> tf.Tensor:
     return tf.matmul(tf.cast(features, tf.float32), memory, transpose_b=True)
 
 
+def camera_centred(memory: tf.Tensor, cameras: tf.Tensor, num_cameras: int) -> tf.Tensor:
+    """Memory rows minus the mean row of their camera, L2-normalised again.
+
+    Args:
+        memory: (N, D) bank (its variable, or a tensor); a constant.
+        cameras: (N,) camera of every slot in [0, num_cameras).
+        num_cameras: number of cameras.
+
+    Returns:
+        (N, D) float32 unit rows (a row equal to its camera's mean stays zero).
+    """
+    memory = tf.stop_gradient(tf.convert_to_tensor(memory, tf.float32))
+    means = tf.math.unsorted_segment_mean(memory, cameras, num_cameras)
+    return tf.math.l2_normalize(memory - tf.gather(means, cameras), axis=1)
+
+
 def _last_occurrence(indices: tf.Tensor) -> tf.Tensor:
     """For each position, the last position in the batch holding the same index."""
     same = tf.equal(indices[:, None], indices[None, :])

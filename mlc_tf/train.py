@@ -77,7 +77,8 @@ def plan_epoch(epoch: int, config: config_lib.Config) -> EpochPlan:
 
 
 def build(config: config_lib.Config, strategy: tf.distribute.Strategy, num_train: int, *,
-          slot_pids: np.ndarray | None = None) -> train_step.Learner:
+          slot_pids: np.ndarray | None = None,
+          slot_cameras: np.ndarray | None = None) -> train_step.Learner:
     """Builds the network, the memory bank and the learner of a run inside strategy.scope().
 
     Args:
@@ -85,6 +86,7 @@ def build(config: config_lib.Config, strategy: tf.distribute.Strategy, num_train
         strategy: the distribution strategy.
         num_train: training images (memory slots).
         slot_pids: (N,) true identities, for the MPLP diagnostics only; None when unknown.
+        slot_cameras: (N,) cameras, for --mplp_camera_normalize.
 
     Returns:
         the Learner (its model starts from --init_from, --pretrained or scratch).
@@ -110,7 +112,7 @@ def build(config: config_lib.Config, strategy: tf.distribute.Strategy, num_train
         strategy, model, memory, loss=config.loss, lr=train_cfg.lr,
         backbone_lr_mult=train_cfg.backbone_lr_mult, momentum=train_cfg.momentum,
         nesterov=train_cfg.nesterov, weight_decay=train_cfg.weight_decay,
-        jit_compile=train_cfg.jit_compile, slot_pids=slot_pids)
+        jit_compile=train_cfg.jit_compile, slot_pids=slot_pids, slot_cameras=slot_cameras)
 
 
 def run(config: config_lib.Config, workdir: str, *,
@@ -155,9 +157,11 @@ def run(config: config_lib.Config, workdir: str, *,
                  "replica", data.name, num_train, len(data.query), len(data.gallery), replicas,
                  config.data.batch_size // replicas)
     pids = np.array([s.pid for s in data.train])
-    labels_from = self_paced.label_source(config, pids, np.array([s.camid for s in data.train]))
+    camids = np.array([s.camid for s in data.train])
+    labels_from = self_paced.label_source(config, pids, camids)
     learner = build(config, strategy, num_train,
-                    slot_pids=pids if self_paced.identities_known(pids) else None)
+                    slot_pids=pids if self_paced.identities_known(pids) else None,
+                    slot_cameras=camids)
     with strategy.scope():
         state = checkpointing.RunState()
         clusters = self_paced.ClusterState(num_train)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from mlc_tf import config as config_lib
 from mlc_tf import diagnostics
 from mlc_tf import losses
+from mlc_tf import memory as memory_lib
 from mlc_tf import model as model_lib
 from mlc_tf.memory import MemoryBank
 
@@ -39,7 +41,7 @@ class Learner:
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                  memory: MemoryBank | None, *, loss: config_lib.LossConfig, lr: float,
                  backbone_lr_mult: float, momentum: float, nesterov: bool, weight_decay: float,
-                 jit_compile: bool = False, slot_pids=None):
+                 jit_compile: bool = False, slot_pids=None, slot_cameras=None):
         """Builds the optimizers.
 
         Args:
@@ -55,12 +57,23 @@ class Learner:
             jit_compile: XLA-compile the forward and backward pass of the network.
             slot_pids: (N,) true identity of every memory slot, for the MPLP precision and
                 recall diagnostics (never trained on); None when unknown.
+            slot_cameras: (N,) camera of every memory slot; needed by
+                loss.mplp_camera_normalize.
+
+        Raises:
+            ValueError: loss.mplp_camera_normalize without slot_cameras.
         """
         self.strategy = strategy
         self.model = model
         self.memory = memory
         self.loss = loss
         self._slot_pids = None if slot_pids is None else tf.constant(slot_pids, tf.int64)
+        self._slot_cameras = None
+        if loss.mplp_camera_normalize and memory is not None:
+            if slot_cameras is None:
+                raise ValueError("mplp_camera_normalize needs the camera of every memory slot")
+            cameras, dense = np.unique(np.asarray(slot_cameras), return_inverse=True)
+            self._slot_cameras = (tf.constant(dense.reshape(-1), tf.int32), len(cameras))
         self.backbone_lr_mult = backbone_lr_mult
         self.weight_decay = weight_decay
         self._momentum, self._nesterov = momentum, nesterov
@@ -173,6 +186,12 @@ class Learner:
     def _call_model(self, images):
         return self.model(images, training=True)
 
+    def _label_memory(self) -> tf.Tensor | None:
+        """The bank MPLP ranks: camera-centred with mplp_camera_normalize, else None (plain)."""
+        if self._slot_cameras is None:
+            return None
+        return memory_lib.camera_centred(self.memory.variable, *self._slot_cameras)
+
     def _replica_step(self, batch, alpha, targets: str, joint: bool):
         context = tf.distribute.get_replica_context()
         indices = tf.cast(batch["index"], tf.int32)
@@ -196,6 +215,7 @@ class Learner:
                 neck=outputs["neck"], pooled=outputs["pooled"], indices=indices,
                 memory=None if self.memory is None else self.memory.variable,
                 options=self.loss, memory_targets=targets,
+                label_memory=self._label_memory() if targets == "mplp" else None,
                 classifier=self.classifier if joint else None,
                 labels=batch["label"] if joint else None, gather=gather, average=average)
         gradients = tape.gradient(objective["loss"], variables)

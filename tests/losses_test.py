@@ -395,6 +395,23 @@ def test_mlc_objective_mines_triplets_over_the_gathered_batch():
     assert float(gathered["triplet"]) > float(local["triplet"]) + 10.0
 
 
+def test_mlc_objective_predicts_positives_from_the_label_memory():
+    case, _ = _objective_case()
+    options = _options(mplp_threshold=0.0)
+    rng = np.random.default_rng(5)
+    label_memory = tf.math.l2_normalize(tf.constant(rng.normal(size=(6, 3)), tf.float32), axis=1)
+    out = losses.mlc_objective(**{**case, "labels": None, "classifier": None}, options=options,
+                               memory_targets="mplp", label_memory=label_memory)
+    expected = losses.mplp_targets(label_memory, case["indices"], threshold=0.0)
+    plain = losses.mplp_targets(case["memory"], case["indices"], threshold=0.0)
+    assert np.abs(expected.numpy() - plain.numpy()).max() == 1.0  # the two banks disagree
+    np.testing.assert_array_equal(out["targets"], expected)
+    embedded = case["neck"] / tf.norm(case["neck"], axis=1, keepdims=True)
+    logits = tf.matmul(embedded, case["memory"], transpose_b=True)  # MMCL reads `memory`
+    np.testing.assert_allclose(out["mmcl"], tf.reduce_mean(losses.mmcl_loss(
+        logits, expected, hard_negative_ratio=0.5)), rtol=1e-6)
+
+
 def test_mlc_objective_rejects_inconsistent_arguments():
     case, _ = _objective_case()
     with pytest.raises(ValueError, match="memory_targets"):

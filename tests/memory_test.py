@@ -56,6 +56,17 @@ def test_similarities_are_constant_in_memory():
     assert tape.gradient(total, bank.variable) is None
 
 
+def test_camera_centred_matches_the_clustering_centring():
+    from mlc_tf import self_paced
+    rng = np.random.default_rng(3)
+    rows = rng.normal(size=(7, 4)).astype(np.float32) + np.array([3.0, 0, 0, 0], np.float32)
+    cameras = np.array([0, 1, 0, 2, 1, 2, 0])
+    centred = memory.camera_centred(tf.constant(rows), tf.constant(cameras), 3).numpy()
+    np.testing.assert_allclose(centred, self_paced.camera_normalized(rows, cameras), atol=1e-6)
+    # Each camera's rows had its mean removed: a plain renormalisation would keep them apart.
+    assert np.abs(centred - rows / np.linalg.norm(rows, axis=1, keepdims=True)).max() > 0.1
+
+
 def test_update_worked_example():
     bank = memory.MemoryBank(3, 2)
     # alpha = 0 on a zero row: the row becomes the normalised feature (3,4)/5.

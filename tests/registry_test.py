@@ -67,10 +67,12 @@ def _folder_dataset(root, with_eval: bool, cameras: bool):
                                                     else {}))
 
 
-def _config(camera_normalize=False, camera_aware_sampler=False, eval_every=0):
+def _config(camera_normalize=False, camera_aware_sampler=False, eval_every=0,
+            mplp_camera_normalize=False):
     config = config_lib.Config()
     return dataclasses.replace(
         config, cluster=dataclasses.replace(config.cluster, camera_normalize=camera_normalize),
+        loss=dataclasses.replace(config.loss, mplp_camera_normalize=mplp_camera_normalize),
         data=dataclasses.replace(config.data, camera_aware_sampler=camera_aware_sampler),
         train=dataclasses.replace(config.train, eval_every=eval_every))
 
@@ -80,7 +82,8 @@ def test_folder_reads_through_the_registry_with_its_options(tmp_path):
     assert data.name == "folder" and [s.camid for s in data.train] == [0, 1]
 
 
-@pytest.mark.parametrize("option", ["camera_normalize", "camera_aware_sampler"])
+@pytest.mark.parametrize("option", ["camera_normalize", "camera_aware_sampler",
+                                    "mplp_camera_normalize"])
 def test_camera_options_need_cameras(tmp_path, option):
     data = _folder_dataset(tmp_path, with_eval=False, cameras=False)
     with pytest.raises(DatasetError, match=f"--{option} needs the camera .*camera_regex=REGEX"

@@ -158,3 +158,41 @@ def test_supervised_step_has_no_memory_and_needs_a_classifier():
     assert float(stats["mmcl"]) == 0.0 and float(stats["ce"]) > 0.0
     assert "memory" not in learner.checkpoint_objects()
     assert float(stats["loss"]) == pytest.approx(float(stats["ce"]) + float(stats["triplet"]))
+
+
+def _camera_styled_memory():
+    """8 slots: 4 people x 2 cameras; a strong per-camera offset dominates every row."""
+    people = np.eye(4, 6)
+    cameras = np.array([0, 1] * 4)
+    offsets = np.zeros((2, 6))
+    offsets[0, 4], offsets[1, 5] = 3.0, 3.0
+    rows = np.repeat(people, 2, axis=0) + offsets[cameras]
+    return rows, cameras, np.repeat(np.arange(4), 2)
+
+
+def test_mplp_camera_normalize_predicts_positives_from_the_centred_memory():
+    rows, cameras, pids = _camera_styled_memory()
+    options = config_lib.LossConfig(mplp_camera_normalize=True, mplp_threshold=0.6,
+                                    mplp_min_candidates=2)
+    strategy = tf.distribute.get_strategy()
+    with pytest.raises(ValueError, match="camera of every memory slot"):
+        train_step.Learner(strategy, _tiny_model(6), MemoryBank(8, 6), loss=options, lr=0.1,
+                           backbone_lr_mult=1.0, momentum=0.0, nesterov=False, weight_decay=0.0)
+    memory = MemoryBank(8, 6)
+    _assign_unit_rows(memory, rows)
+    learner = train_step.Learner(strategy, _tiny_model(6), memory, loss=options, lr=1e-30,
+                                 backbone_lr_mult=1.0, momentum=0.0, nesterov=False,
+                                 weight_decay=0.0, slot_pids=pids, slot_cameras=cameras + 7)
+    anchors = np.array([0, 3, 4], np.int32)
+    batch = {"image": np.random.default_rng(2).uniform(0, 255, (3, 2, 2, 3)).astype("f4"),
+             "index": anchors}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    stats = learner.step(next(iter(dataset)), 1.0, targets="mplp", joint=False)
+    # Plain rows: every slot of the anchor's camera is above the threshold (cosine 0.9), the
+    # anchor's own identity in the other camera is not (0.1): positives are camera mates.
+    plain = losses.mplp_targets(memory.variable, tf.constant(anchors), threshold=0.6,
+                                min_candidates=2).numpy()
+    assert (plain * (pids[None] != pids[anchors][:, None])).sum() > 0
+    # Centred, only the same identity in the other camera is left: precision 1, recall 1.
+    assert float(stats["positives"]) == pytest.approx(2.0)
+    assert float(stats["mplp_true_positive"]) == float(stats["mplp_predicted"]) == 1.0

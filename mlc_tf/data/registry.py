@@ -49,15 +49,17 @@ def check_dataset_supports(config, dataset: datasets.ReidDataset) -> None:
 
     Args:
         config: an mlc_tf.config.Config (reads cluster.camera_normalize,
-            data.camera_aware_sampler and train.eval_every).
+            loss.mplp_camera_normalize, data.camera_aware_sampler and train.eval_every).
         dataset: the dataset the run trains on.
 
     Raises:
-        DatasetError: camera_normalize or camera_aware_sampler with a training image of
+        DatasetError: a camera option (camera_normalize, mplp_camera_normalize,
+            camera_aware_sampler) with a training image of
             unknown camera (camid < 0), or eval_every > 0 without query or gallery images.
     """
     if any(sample.camid < 0 for sample in dataset.train):
         for option, wanted in (("camera_normalize", config.cluster.camera_normalize),
+                               ("mplp_camera_normalize", config.loss.mplp_camera_normalize),
                                ("camera_aware_sampler", config.data.camera_aware_sampler)):
             if wanted:
                 raise datasets.DatasetError(
