@@ -171,15 +171,16 @@ def _config(camstyle_on: bool) -> config_lib.Config:
                                  batch_size=4))
 
 
-def test_train_epoch_dataset_reads_copies_only_with_the_option(market):
-    for camstyle_on in (True, False):
-        styles = set()
-        for epoch in range(5):
-            batches, steps = train._epoch_dataset(_config(camstyle_on), market, epoch, None)
-            assert steps == 1
-            styles |= {view for _, view in _epoch_views(batches)}
-        originals = {(slot, cam - 1) for slot, (_, cam) in enumerate(TRAIN)}
-        assert (styles > originals) if camstyle_on else (styles == originals)
+@pytest.mark.parametrize("camstyle_on", [True, False])
+@pytest.mark.parametrize("labels", [None, np.array([0, 0, 1, 1])])
+def test_train_epoch_dataset_reads_copies_only_with_the_option(market, camstyle_on, labels):
+    styles = set()
+    for epoch in range(5):
+        batches, steps = train._epoch_dataset(_config(camstyle_on), market, epoch, labels)
+        assert steps == 1
+        styles |= {view for _, view in _epoch_views(batches)}
+    originals = {(slot, cam - 1) for slot, (_, cam) in enumerate(TRAIN)}
+    assert bool(styles - originals) == camstyle_on  # a copy is read, or only originals
 
 
 def test_missing_folder_names_the_path(tmp_path):
