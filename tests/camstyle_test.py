@@ -191,9 +191,10 @@ def test_missing_folder_names_the_path(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["synthetic", "folder", "msmt17"])
-def test_datasets_without_the_ecn_layout_are_refused_before_reading(name):
+def test_datasets_without_the_ecn_layout_are_refused_before_reading(tmp_path, name):
     with pytest.raises(DatasetError, match=f"the {name} dataset has no CamStyle images"):
-        registry.create(name, "/nonexistent", camstyle=True)
+        registry.create(name, str(tmp_path / "absent"), camstyle=True)
+    assert not os.path.exists(tmp_path / "absent")  # nothing read, nothing generated
 
 
 @pytest.mark.parametrize("name, problem", [
