@@ -233,6 +233,10 @@ def validate(config: Config) -> None:
         (0.0 <= config.loss.max_alpha < 1.0, "max_alpha must be in [0, 1)"),
         (config.model.init_from or not config.model.init_from_flagfile,
          "init_from_flagfile needs init_from (the workdir to train it into)"),
+        # Refused here, before any source stage trains (mlc_tf.data.camstyle.DATASETS).
+        (not data.camstyle or data.dataset in ("market1501", "dukemtmc"),
+         f"camstyle needs --dataset=market1501 or dukemtmc (ECN's bounding_box_train_camstyle/); "
+         f"the {data.dataset} dataset has no CamStyle images; set --camstyle=false"),
     ]
     for ok, message in checks:
         if not ok:

@@ -167,8 +167,8 @@ def _config(camstyle_on: bool) -> config_lib.Config:
     config = config_lib.Config()
     return dataclasses.replace(
         config, augment=NO_AUGMENT,
-        data=dataclasses.replace(config.data, camstyle=camstyle_on, image_size=SIZE,
-                                 batch_size=4))
+        data=dataclasses.replace(config.data, dataset="market1501", camstyle=camstyle_on,
+                                 image_size=SIZE, batch_size=4))
 
 
 @pytest.mark.parametrize("camstyle_on", [True, False])
@@ -214,6 +214,16 @@ def test_a_folder_without_copies_of_training_images_is_refused(tmp_path):
     os.makedirs(os.path.join(base, camstyle.CAMSTYLE_FOLDER))
     with pytest.raises(DatasetError, match="holds no CamStyle copy of any training image"):
         registry.create("market1501", str(tmp_path), camstyle=True)
+
+
+@pytest.mark.parametrize("name", ["synthetic", "folder", "msmt17", "market1501", "dukemtmc"])
+def test_the_config_refuses_the_option_for_datasets_without_copies(name):
+    data = config_lib.DataConfig(dataset=name, camstyle=True)
+    if name in camstyle.DATASETS:
+        config_lib.Config(data=data)
+    else:
+        with pytest.raises(ValueError, match=f"the {name} dataset has no CamStyle images"):
+            config_lib.Config(data=data)
 
 
 def test_run_checks_refuse_the_option_without_views(market, tmp_path):
