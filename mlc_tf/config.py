@@ -31,6 +31,12 @@ class DataConfig:
     num_instances: int = _field(4, "K of the PK sampler in the SC phase (P = batch_size / K).")
     camera_aware_sampler: bool = _field(False, "PK sampler prefers instances from other cameras.")
     eval_batch_size: int = _field(128, "Batch size of feature extraction.")
+    camstyle: bool = _field(
+        False, "Train on CamStyle copies too (market1501, dukemtmc; ECN's "
+        "bounding_box_train_camstyle/ beside bounding_box_train/), as MMCL: each draw of a "
+        "training image picks a camera uniformly, loading the original for its own camera and "
+        "that camera's style copy otherwise (originals 1 in 6 on Market, 1 in 8 on Duke); a "
+        "copy keeps its source's memory slot and pseudo label.")
 
     def options(self) -> dict[str, Any]:
         """dataset_options as a dict, with ints, floats and booleans converted."""
@@ -231,6 +237,10 @@ def validate(config: Config) -> None:
         (0.0 <= config.loss.max_alpha < 1.0, "max_alpha must be in [0, 1)"),
         (config.model.init_from or not config.model.init_from_flagfile,
          "init_from_flagfile needs init_from (the workdir to train it into)"),
+        # Refused here, before any source stage trains (mlc_tf.data.camstyle.DATASETS).
+        (not data.camstyle or data.dataset in ("market1501", "dukemtmc"),
+         f"camstyle needs --dataset=market1501 or dukemtmc (ECN's bounding_box_train_camstyle/); "
+         f"the {data.dataset} dataset has no CamStyle images; set --camstyle=false"),
     ]
     for ok, message in checks:
         if not ok:

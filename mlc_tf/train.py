@@ -150,7 +150,8 @@ def run(config: config_lib.Config, workdir: str, *,
         raise ValueError(f"batch_size {config.data.batch_size} is not divisible by the "
                          f"{replicas} replicas")
     if data is None:
-        data = registry.create(config.data.dataset, config.data.data_dir, **config.data.options())
+        data = registry.create(config.data.dataset, config.data.data_dir,
+                               camstyle=config.data.camstyle, **config.data.options())
     registry.check_dataset_supports(config, data)
     num_train = len(data.train)
     logging.info("%s: %d train, %d query, %d gallery images; %d replica(s), %d images per "
@@ -303,7 +304,8 @@ def _epoch_dataset(config, data, epoch: int,
     camids = [s.camid for s in data.train]
     indices = list(range(len(data.train)))
     common = dict(image_size=tuple(data_cfg.image_size), batch_size=data_cfg.batch_size,
-                  seed=config.train.seed, epoch=epoch, augment=config.augment)
+                  seed=config.train.seed, epoch=epoch, augment=config.augment,
+                  camstyle=data.camstyle if data_cfg.camstyle else None)
     if labels is None:
         batches = pipeline.make_train_dataset(paths, camids, indices, **common)
         steps = pipeline.train_steps_per_epoch(len(paths), data_cfg.batch_size)

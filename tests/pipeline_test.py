@@ -153,6 +153,16 @@ def test_errors(images):
         pipeline.make_pk_dataset(images, [0] * 20, range(20), [0] * 20,
                                  num_instances=4, batch_size=6, image_size=SIZE, seed=0, epoch=0,
                                  augment=NO_AUGMENT)
+    for camstyle in ([[p, p] for p in images[:19]], [[p, p] for p in images[:19]] + [[images[19]]],
+                     [[] for _ in images]):
+        with pytest.raises(ValueError, match="one row per sample"):
+            pipeline.make_train_dataset(images, [0] * 20, range(20), image_size=SIZE,
+                                        batch_size=4, seed=0, epoch=0, augment=NO_AUGMENT,
+                                        camstyle=camstyle)
+        with pytest.raises(ValueError, match="one row per sample"):
+            pipeline.make_pk_dataset(images, [0] * 20, range(20), [0] * 20, num_instances=2,
+                                     batch_size=4, image_size=SIZE, seed=0, epoch=0,
+                                     augment=NO_AUGMENT, camstyle=camstyle)
 
 
 def test_corrupt_image_error_names_the_file(tmp_path, images):

@@ -57,7 +57,11 @@ class Sample:
 
 @dataclasses.dataclass(frozen=True)
 class ReidDataset:
-    """Train / query / gallery splits; the index of a sample in `train` is its memory slot."""
+    """Train / query / gallery splits; the index of a sample in `train` is its memory slot.
+
+    `camstyle`, when read (mlc_tf.data.camstyle), holds for each training image its file in the
+    style of each camera: (len(train), num_cameras) paths, the image itself at its own camera.
+    """
 
     name: str
     root: str
@@ -66,6 +70,7 @@ class ReidDataset:
     gallery: tuple[Sample, ...]
     num_cameras: int
     skipped: int = 0
+    camstyle: tuple[tuple[str, ...], ...] = ()
 
 
 def _locate(name: str, data_dir: str, candidates: Sequence[str], marker: str,

@@ -21,8 +21,8 @@ from mlc_tf.data.augment import augment_image, sample_seed
 __all__ = ["load_image", "make_eval_dataset", "make_train_dataset",
            "make_pk_dataset", "train_steps_per_epoch", "pk_steps_per_epoch"]
 
-# Stream tags mixed into the NumPy seeds so the two samplers never share a random stream.
-_ORDER_STREAM, _PK_STREAM = 0, 1
+# Stream tags mixed into the NumPy seeds so the samplers never share a random stream.
+_ORDER_STREAM, _PK_STREAM, _CAMSTYLE_STREAM = 0, 1, 2
 # Leading bytes of the formats tf.io.decode_image reads (JPEG XL aside).
 _JPEG = b"\xff\xd8\xff"
 _OTHER_SIGNATURES = (b"\x89PNG", b"GIF8", b"BM", b"RIFF")
@@ -122,6 +122,34 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
             .prefetch(tf.data.AUTOTUNE))
 
 
+def _epoch_files(paths: np.ndarray, camstyle: np.ndarray | None, order: np.ndarray, seed: int,
+                 epoch: int) -> list[str]:
+    """The file read for each sample of the epoch order: its own, or a CamStyle view.
+
+    With camstyle (N, C) each position draws a camera uniformly, as MMCL does, and reads that
+    camera's view (the original image at its own camera).
+    """
+    if camstyle is None:
+        return list(paths[order])
+    rng = np.random.default_rng([seed, epoch, _CAMSTYLE_STREAM])
+    return list(camstyle[order, rng.integers(camstyle.shape[1], size=len(order))])
+
+
+def _check_camstyle(camstyle: Sequence[Sequence[str]] | None,
+                    num_samples: int) -> np.ndarray | None:
+    """camstyle as an (N, C) object array, or None."""
+    if camstyle is None:
+        return None
+    widths = {len(row) for row in camstyle}
+    if len(camstyle) != num_samples or len(widths) != 1 or 0 in widths:
+        raise ValueError(f"camstyle must hold one row per sample ({num_samples}), each of the same "
+                         f"number (>= 1) of view paths; got {len(camstyle)} rows of "
+                         f"{sorted(widths)} paths")
+    views = np.empty((num_samples, widths.pop()), dtype=object)
+    views[:] = [list(row) for row in camstyle]
+    return views
+
+
 def _check_columns(paths: Sequence[str], camids: Sequence[int],
                    indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     paths = np.asarray(list(paths), dtype=object)
@@ -137,7 +165,8 @@ def _check_columns(paths: Sequence[str], camids: Sequence[int],
 
 def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int], *,
                        image_size: tuple[int, int], batch_size: int, seed: int, epoch: int,
-                       augment: AugmentConfig) -> tf.data.Dataset:
+                       augment: AugmentConfig,
+                       camstyle: Sequence[Sequence[str]] | None = None) -> tf.data.Dataset:
     """One epoch over all samples, each at most once, in an order fixed by (seed, epoch).
 
     The final partial batch is dropped (static batch shape for MirroredStrategy), so
@@ -152,20 +181,25 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
         seed: run seed; with epoch, fixes order and augmentation exactly (resumable).
         epoch: 0-based epoch.
         augment: augmentation settings.
+        camstyle: (N, C) view paths of each sample (mlc_tf.data.camstyle); each draw of a
+            sample reads the view of a camera drawn uniformly, fixed by (seed, epoch). None =
+            always the image itself.
 
     Returns:
         Dataset of {'image': float32 (B, H, W, 3), 'index': int32 (B,), 'camid': int32 (B,)};
-        never the true identity.
+        never the true identity. A view keeps its sample's index and camid.
 
     Raises:
         ValueError: mismatched lengths, repeated indices, or fewer samples than batch_size.
     """
     paths, camids, indices = _check_columns(paths, camids, indices)
+    camstyle = _check_camstyle(camstyle, len(paths))
     if len(paths) < batch_size:
         raise ValueError(f"{len(paths)} training samples cannot fill one batch of {batch_size}")
     order = np.random.default_rng([seed, epoch, _ORDER_STREAM]).permutation(len(paths))
     order = order[:train_steps_per_epoch(len(paths), batch_size) * batch_size]
-    return _augmented_batches(list(paths[order]), camids[order], indices[order], None,
+    return _augmented_batches(_epoch_files(paths, camstyle, order, seed, epoch), camids[order],
+                              indices[order], None,
                               image_size=image_size, batch_size=batch_size, seed=seed,
                               epoch=epoch, augment=augment)
 
@@ -173,7 +207,8 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
 def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int],
                     pseudo_labels: Sequence[int], *, num_instances: int, batch_size: int,
                     image_size: tuple[int, int], seed: int, epoch: int, augment: AugmentConfig,
-                    camera_aware: bool = False) -> tf.data.Dataset:
+                    camera_aware: bool = False,
+                    camstyle: Sequence[Sequence[str]] | None = None) -> tf.data.Dataset:
     """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
 
     Every batch is P = batch_size / K clusters x K samples, so every sample has a same-label
@@ -188,6 +223,7 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
         batch_size: samples per batch, a multiple of K.
         image_size, seed, epoch, augment: as make_train_dataset.
         camera_aware: mix cameras within each cluster's group of a batch.
+        camstyle: as make_train_dataset; a view keeps its sample's pseudo label.
 
     Returns:
         Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
@@ -196,13 +232,15 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
         ValueError: mismatched lengths, batch_size not a multiple of K, or no labelled sample.
     """
     paths, camids, indices = _check_columns(paths, camids, indices)
+    camstyle = _check_camstyle(camstyle, len(paths))
     labels = np.asarray(pseudo_labels, np.int64).reshape(-1)
     if len(labels) != len(paths):
         raise ValueError(f"pseudo_labels ({len(labels)}) and paths ({len(paths)}) differ in length")
     rng = np.random.default_rng([seed, epoch, _PK_STREAM])
     batches = sampler.pk_batches(labels, camids, num_instances, batch_size, rng, camera_aware)
     order = np.concatenate(batches)
-    return _augmented_batches(list(paths[order]), camids[order], indices[order], labels[order],
+    return _augmented_batches(_epoch_files(paths, camstyle, order, seed, epoch), camids[order],
+                              indices[order], labels[order],
                               image_size=image_size, batch_size=batch_size, seed=seed,
                               epoch=epoch, augment=augment)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mlc_tf.data import camstyle as camstyle_lib
 from mlc_tf.data import datasets, folder, synthetic
 
 _READERS: dict[str, Callable[..., datasets.ReidDataset]] = {
@@ -20,13 +21,16 @@ def names() -> list[str]:
     return sorted(_READERS)
 
 
-def create(name: str, data_dir: str, **options) -> datasets.ReidDataset:
+def create(name: str, data_dir: str, camstyle: bool = False,
+           **options) -> datasets.ReidDataset:
     """Parses (or, for 'synthetic', generates once and parses) a dataset.
 
     Args:
         name: one of names().
         data_dir: folder holding the dataset folder (or the dataset folder itself; for
             'folder', the folder of images).
+        camstyle: also match the CamStyle copies of the training images (market1501 and
+            dukemtmc only; mlc_tf.data.camstyle), refusing other datasets before reading them.
         **options: verify_images, skip_corrupt; for 'synthetic' also the generator's options;
             for 'folder' only camera_regex or camera_from (folder.read_folder).
 
@@ -35,28 +39,39 @@ def create(name: str, data_dir: str, **options) -> datasets.ReidDataset:
 
     Raises:
         KeyError: unknown name (the message lists the known ones).
-        DatasetError: missing or malformed dataset.
+        DatasetError: missing or malformed dataset, or CamStyle images asked for and not there.
     """
     if name not in _READERS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(names())}")
-    return _READERS[name](data_dir, **options)
+    if not camstyle:
+        return _READERS[name](data_dir, **options)
+    camstyle_lib.refuse_unsupported(name)
+    return camstyle_lib.with_camstyle(_READERS[name](data_dir, **options))
 
 
 def check_dataset_supports(config, dataset: datasets.ReidDataset) -> None:
-    """Refuses options that need what the dataset lacks: cameras, or a query/gallery split.
+    """Refuses options that need what the dataset lacks: cameras, a query/gallery split, CamStyle.
 
     Call it as soon as the dataset is read, before any training work.
 
     Args:
         config: an mlc_tf.config.Config (reads cluster.camera_normalize,
-            loss.mplp_camera_normalize, data.camera_aware_sampler and train.eval_every).
+            loss.mplp_camera_normalize, data.camera_aware_sampler, data.camstyle and
+            train.eval_every).
         dataset: the dataset the run trains on.
 
     Raises:
         DatasetError: a camera option (camera_normalize, mplp_camera_normalize,
-            camera_aware_sampler) with a training image of
-            unknown camera (camid < 0), or eval_every > 0 without query or gallery images.
+            camera_aware_sampler) with a training image of unknown camera (camid < 0),
+            eval_every > 0 without query or gallery images, or camstyle without the
+            dataset's CamStyle views (create(..., camstyle=True)).
     """
+    if config.data.camstyle and not dataset.camstyle:
+        camstyle_lib.refuse_unsupported(dataset.name)
+        raise datasets.DatasetError(
+            f"--camstyle needs the CamStyle images of the {dataset.name} dataset in "
+            f"{dataset.root!r}, but it was read without them "
+            "(mlc_tf.data.registry.create(..., camstyle=True))")
     if any(sample.camid < 0 for sample in dataset.train):
         for option, wanted in (("camera_normalize", config.cluster.camera_normalize),
                                ("mplp_camera_normalize", config.loss.mplp_camera_normalize),
