@@ -18,11 +18,16 @@ import numpy as np
 
 DEFAULT_CHUNK_SIZE = 256
 METRICS = ("euclidean", "cosine")
+_CENTRING_ROWS = 4096  # rows converted to float64 at a time while centring
 
 
 def pairwise_distance(query_features: np.ndarray, gallery_features: np.ndarray,
                       metric: str = "euclidean") -> np.ndarray:
-    """Query x gallery distances, computed in float32.
+    """Query x gallery distances, computed in float32 from features centred on the gallery mean.
+
+    Distances do not change under a common translation, and re-ID features often sit in a
+    narrow cone (unit vectors whose mean has norm 0.99999): centred, float32 keeps their
+    differences, which the plain expansion |q|^2 + |g|^2 - 2 q.g would round away.
 
     Args:
         query_features: float (Q, D).
@@ -36,16 +41,15 @@ def pairwise_distance(query_features: np.ndarray, gallery_features: np.ndarray,
     Raises:
         ValueError: unknown metric or mismatched feature shapes.
     """
-    query, gallery = _check_features(query_features, gallery_features, metric)
-    if metric == "cosine":
-        query = query / np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-        gallery = gallery / np.maximum(np.linalg.norm(gallery, axis=1, keepdims=True), 1e-12)
-        return 1.0 - query @ gallery.T
+    query, gallery = _centred(*_check_features(query_features, gallery_features, metric), metric)
     dist = query @ gallery.T
     dist *= -2.0
     dist += np.einsum("ij,ij->i", query, query)[:, None]
     dist += np.einsum("ij,ij->i", gallery, gallery)[None, :]
-    return np.maximum(dist, 0.0, out=dist)
+    np.maximum(dist, 0.0, out=dist)
+    if metric == "cosine":
+        dist *= 0.5  # 1 - cos(q, g) = |q/|q| - g/|g||^2 / 2
+    return dist
 
 
 class MarketEvaluator:
@@ -170,11 +174,11 @@ def evaluate_features(query_features: np.ndarray, gallery_features: np.ndarray, 
                       chunk_size: int = DEFAULT_CHUNK_SIZE) -> dict:
     """evaluate_ranking of pairwise_distance, streamed one chunk of queries at a time.
 
-    Never holds the (Q, G) matrix: besides the features, memory is one (chunk_size, G) float32
-    block (84 MB at MSMT17's G = 82,161) and small per-row buffers. A block holds the
-    distances minus a per-query constant (for 'euclidean', |g|^2 - 2 q.g; for 'cosine',
-    -cos), which ranks each row the same way and saves a pass over it. float32 features avoid
-    a copy of the gallery.
+    Never holds the (Q, G) matrix: besides the features and their centred float32 copies
+    (see pairwise_distance), memory is one (chunk_size, G) float32 block (84 MB at MSMT17's
+    G = 82,161) and small per-row buffers. A block holds the distances minus a per-query
+    constant (|g|^2 - 2 q.g of the centred features; for 'cosine', of the centred unit
+    features), which ranks each row the same way and saves a pass over it.
 
     Args:
         query_features, gallery_features: (Q, D) and (G, D).
@@ -197,22 +201,14 @@ def evaluate_features(query_features: np.ndarray, gallery_features: np.ndarray, 
     evaluator = MarketEvaluator(g_pids, g_camids, max_rank)
     if len(evaluator.g_pids) != len(gallery):
         raise ValueError(f"{len(gallery)} gallery features but {len(evaluator.g_pids)} pids")
-    gallery_sq = np.einsum("ij,ij->i", gallery, gallery)
-    query_sq = np.einsum("ij,ij->i", query, query)
-    if not (np.isfinite(gallery_sq).all() and np.isfinite(query_sq).all()):
+    if not (np.isfinite(np.einsum("ij,ij->i", gallery, gallery)).all()
+            and np.isfinite(np.einsum("ij,ij->i", query, query)).all()):
         raise ValueError("features contain NaN or Inf (or overflow float32)")
-    if metric == "cosine":
-        # -cos = -(q / |q|) . g / |g|: scale the block's columns rather than copy G x D.
-        column_scale = -1.0 / np.maximum(np.sqrt(gallery_sq), 1e-12)
+    query, gallery = _centred(query, gallery, metric)
+    gallery_sq = np.einsum("ij,ij->i", gallery, gallery)
     for start in range(0, max(len(query), 1), chunk_size):
-        block = query[start:start + chunk_size]
-        if metric == "cosine":
-            block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-            scores = block @ gallery.T
-            scores *= column_scale
-        else:
-            scores = (-2.0 * block) @ gallery.T
-            scores += gallery_sq
+        scores = (-2.0 * query[start:start + chunk_size]) @ gallery.T
+        scores += gallery_sq
         evaluator.add(scores, q_pids[start:start + chunk_size],
                       q_camids[start:start + chunk_size])
     return evaluator.result()
@@ -255,6 +251,27 @@ def top_matches(distances: np.ndarray, q_pids, q_camids, g_pids, g_camids, k: in
     order = np.argsort(dist, axis=1, kind="stable")[:, :k]
     order[np.isinf(np.take_along_axis(dist, order, 1))] = -1
     return np.pad(order, ((0, 0), (0, k - order.shape[1])), constant_values=-1)
+
+
+def _centred(query: np.ndarray, gallery: np.ndarray, metric: str):
+    """float32 features (unit rows first for 'cosine') minus the gallery's mean, via float64."""
+    def prepared(features: np.ndarray, start: int) -> np.ndarray:
+        rows = features[start:start + _CENTRING_ROWS].astype(np.float64)
+        if metric == "cosine":
+            rows /= np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        return rows
+
+    total = np.zeros(gallery.shape[1], np.float64)
+    for start in range(0, len(gallery), _CENTRING_ROWS):
+        total += prepared(gallery, start).sum(axis=0)
+    mean = total / max(len(gallery), 1)
+    centred = []
+    for features in (query, gallery):
+        out = np.empty_like(features)
+        for start in range(0, len(features), _CENTRING_ROWS):
+            out[start:start + _CENTRING_ROWS] = prepared(features, start) - mean
+        centred.append(out)
+    return centred
 
 
 def _check_features(query_features, gallery_features, metric: str):

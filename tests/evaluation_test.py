@@ -200,6 +200,35 @@ def test_pairwise_distance():
         evaluation.pairwise_distance(query, gallery, "manhattan")
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_features_in_a_narrow_cone_rank_as_in_float64(metric, monkeypatch):
+    monkeypatch.setattr(evaluation, "_CENTRING_ROWS", 7)  # centre in several blocks
+    # Unit features whose mean has norm 0.99999, as a trained network's pooled features have.
+    rng = np.random.default_rng(7)
+    centre = rng.normal(size=64)
+    def unit(n):
+        x = centre / np.linalg.norm(centre) + 5e-4 * rng.normal(size=(n, 64))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    query, gallery = unit(40), unit(300)
+    labels = dict(q_pids=rng.integers(0, 30, 40), g_pids=rng.integers(0, 30, 300),
+                  q_camids=rng.integers(0, 4, 40), g_camids=rng.integers(0, 4, 300))
+    q64, g64 = query.astype(np.float64), gallery.astype(np.float64)
+    if metric == "cosine":
+        exact = 1.0 - (q64 / np.linalg.norm(q64, axis=1, keepdims=True)) @ (
+            g64 / np.linalg.norm(g64, axis=1, keepdims=True)).T
+    else:
+        exact = ((q64[:, None, :] - g64[None, :, :]) ** 2).sum(-1)
+    assert np.linalg.norm(np.concatenate([query, gallery]).mean(0)) > 0.9999
+    # The plain float32 expansion rounds most of these distances onto a few levels.
+    plain = (query @ gallery.T) * -2.0 + 2.0
+    assert np.mean([len(np.unique(row)) for row in plain]) < 0.5 * gallery.shape[0]
+    expected = _torchreid_market1501(exact, *labels.values(), max_rank=50)
+    _assert_same(evaluation.evaluate_features(query, gallery, **labels, metric=metric,
+                                              chunk_size=16), expected)
+    np.testing.assert_allclose(evaluation.pairwise_distance(query, gallery, metric), exact,
+                               rtol=1e-3, atol=1e-8)
+
+
 def test_top_matches_removes_same_camera_matches():
     distmat = np.array([[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]])
     top = evaluation.top_matches(distmat, [1, 2], [0, 1], [1, 2, 1], [0, 0, 1], k=4)
