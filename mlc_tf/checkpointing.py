@@ -28,12 +28,13 @@ _KEYS = {"epoch": "epoch/.ATTRIBUTES/VARIABLE_VALUE",
          "best_map": "best_map/.ATTRIBUTES/VARIABLE_VALUE"}
 _STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 # Run-state variables that checkpoints written before them lack; they then keep their defaults.
-_LATER_OBJECTS = ("step", "step_stats")
+_LATER_OBJECTS = ("step", "partial_epoch")
 # Fingerprint keys that checkpoints written before them lack; those are not compared.
 _LATER_FINGERPRINT_KEYS = ("train_files",)
 # Differences the error names, at most, for each of added and removed training files.
 _NAMED_FILES = 3
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_EMPTY_EPOCH = json.dumps({"step_stats": [], "scalars": {}})
 # What reading a damaged checkpoint raises: TensorFlow's errors, or from its C++ reader
 # IndexError ("Read less bytes than requested") and RuntimeError; ValueError from bad JSON.
 _READ_ERRORS = (tf.errors.OpError, IndexError, RuntimeError, ValueError)
@@ -58,30 +59,41 @@ class RunState:
         epoch: number of completed epochs (the next epoch to run).
         best_map: best test mAP seen (only meaningful with export_best_by_test).
         step: steps of epoch `epoch` already trained (0 at an epoch boundary).
-        step_stats: JSON list of those steps' statistics (the epoch's means go on from them).
+        partial_epoch: JSON {'step_stats': those steps' statistics, 'scalars': the epoch's
+            summaries so far (e.g. its clustering round's)}, so that the epoch's means and
+            summaries go on from them.
     """
 
     def __init__(self):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_map = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="best_map")
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        self.step_stats = tf.Variable("[]", trainable=False, name="step_stats")
+        self.partial_epoch = tf.Variable(_EMPTY_EPOCH, trainable=False, name="partial_epoch")
 
     def objects(self) -> dict[str, tf.Variable]:
         """{checkpoint name: variable}, to merge into the objects saved."""
         return {"epoch": self.epoch, "best_map": self.best_map, "step": self.step,
-                "step_stats": self.step_stats}
+                "partial_epoch": self.partial_epoch}
 
-    def set_position(self, epoch: int, step_stats: Sequence[dict[str, float]] = ()) -> None:
-        """Records `epoch` completed epochs and the statistics of each step of the next one
-        already trained."""
+    def set_position(self, epoch: int, step_stats: Sequence[dict[str, float]] = (),
+                     scalars: dict[str, float] | None = None) -> None:
+        """Records a position: `epoch` completed epochs, then what the next one did so far.
+
+        Args:
+            epoch: completed epochs.
+            step_stats: statistics of each step of the next epoch already trained.
+            scalars: that epoch's summaries so far.
+        """
         self.epoch.assign(epoch)
         self.step.assign(len(step_stats))
-        self.step_stats.assign(json.dumps(list(step_stats)))
+        self.partial_epoch.assign(json.dumps({
+            "step_stats": [{name: float(v) for name, v in stats.items()} for stats in step_stats],
+            "scalars": {name: float(v) for name, v in (scalars or {}).items()}}))
 
-    def trained_steps(self) -> list[dict[str, float]]:
-        """The statistics of each step of epoch `epoch` already trained."""
-        return json.loads(self.step_stats.numpy().decode("utf8"))
+    def partial(self) -> tuple[list[dict[str, float]], dict[str, float]]:
+        """(statistics of each step, summaries) that epoch `epoch` already has."""
+        partial = json.loads(self.partial_epoch.numpy().decode("utf8"))
+        return partial["step_stats"], partial["scalars"]
 
 
 def train_files_digest(relative_paths: Sequence[str]) -> str:

@@ -44,7 +44,7 @@ def _restored_bank(checkpointer: checkpointing.Checkpointer, path=None) -> np.nd
 def test_a_position_inside_an_epoch_round_trips(tmp_path):
     state = checkpointing.RunState()
     stats = [{"loss": 1.25, "ce": 0.1}, {"loss": 0.75, "ce": 1 / 3}]
-    state.set_position(2, stats)
+    state.set_position(2, stats, {"cluster/num_clusters": 7.0})
     checkpointer = checkpointing.Checkpointer(str(tmp_path), FINGERPRINT, 2)
     path = checkpointer.save(_objects(1.0, state), 2, step=2)
     assert os.path.basename(path) == "ckpt-step2-2"
@@ -53,10 +53,11 @@ def test_a_position_inside_an_epoch_round_trips(tmp_path):
     restored = checkpointing.RunState()
     checkpointer.restore(_objects(state=restored), path)
     assert int(restored.epoch.numpy()) == 2 and int(restored.step.numpy()) == 2
-    assert restored.trained_steps() == stats  # exactly: the epoch's means go on from them
+    # Exactly: the epoch's means go on from them.
+    assert restored.partial() == (stats, {"cluster/num_clusters": 7.0})
     # The epoch's end clears the position.
     restored.set_position(3)
-    assert int(restored.step.numpy()) == 0 and restored.trained_steps() == []
+    assert int(restored.step.numpy()) == 0 and restored.partial() == ([], {})
 
 
 def test_a_checkpoint_without_a_step_resumes_at_its_epoch_boundary(tmp_path):
@@ -70,7 +71,7 @@ def test_a_checkpoint_without_a_step_resumes_at_its_epoch_boundary(tmp_path):
     assert checkpointer.peek()["step"] == 0
     restored = checkpointing.RunState()
     checkpointer.restore(_objects(state=restored))
-    assert int(restored.epoch.numpy()) == 4 and restored.trained_steps() == []
+    assert int(restored.epoch.numpy()) == 4 and restored.partial() == ([], {})
 
 
 def _truncate_data(prefix):
