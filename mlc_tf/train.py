@@ -130,14 +130,32 @@ def run(config: config_lib.Config, workdir: str, *,
             exporting; running again resumes.
         verbose: progress bars on stdout.
 
+    SIGTERM or SIGINT stops the run at the next step boundary: it writes a checkpoint (inside
+    an epoch: with the steps done) and returns; running again continues from that step, with
+    the batches an uninterrupted run would have trained on.
+
     Returns:
-        {'epochs_done', 'export' (path or None), 'eval' (last evaluation or {})}.
+        {'epochs_done', 'export' (path or None), 'eval' (last evaluation or {}),
+        'interrupted' (the signal's name, e.g. 'SIGTERM', or None), 'checkpoint' (newest path
+        or None)}.
 
     Raises:
         checkpointing.CheckpointMismatchError: the workdir holds a checkpoint of another
-            dataset or model.
+            dataset, list of training files or model.
+        checkpointing.CheckpointReadError: no checkpoint of the workdir can be read.
+        checkpointing.CheckpointWriteError: a checkpoint could not be written (full disk);
+            the previous one is kept.
         NonFiniteLossError: the loss became NaN or Inf; the last checkpoint is kept.
     """
+    with checkpointing.StopRequest() as stop:
+        return _run(config, workdir, stop, strategy=strategy, data=data,
+                    stop_after_epoch=stop_after_epoch, verbose=verbose)
+
+
+def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopRequest, *,
+         strategy: tf.distribute.Strategy | None, data: datasets.ReidDataset | None,
+         stop_after_epoch: int | None, verbose: bool) -> dict:
+    """run(), with `stop` telling when a signal asked to stop."""
     os.makedirs(workdir, exist_ok=True)
     config_lib.save_json(config, os.path.join(workdir, checkpointing.CONFIG_FILE))
     train_cfg, model_cfg = config.train, config.model
@@ -174,8 +192,9 @@ def run(config: config_lib.Config, workdir: str, *,
         fingerprint["supervised"] = True
     checkpointer = checkpointing.Checkpointer(
         os.path.join(workdir, checkpointing.CHECKPOINT_DIR), fingerprint,
-        train_cfg.keep_checkpoints)
-    start_epoch = _restore(checkpointer, learner, state, clusters, train_cfg.seed)
+        train_cfg.keep_checkpoints,
+        train_files=[os.path.relpath(s.path, data.root) for s in data.train])
+    start_epoch, start_step = _restore(checkpointer, learner, state, clusters, train_cfg.seed)
     writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
     eval_embed = features_lib.make_embedder(learner.model, model_cfg.eval_feature)
     cluster_embed = features_lib.make_embedder(learner.model, "pooled")
@@ -189,13 +208,24 @@ def run(config: config_lib.Config, workdir: str, *,
         return learner.memory.variable.numpy()
 
     last_eval: dict = {}
+
+    def stopped(epochs_done: int, checkpoint: str | None) -> dict:
+        logging.info("%s: stopped; checkpoint %s", stop.signal_name, checkpoint)
+        iteration.wait_for_retired()
+        return {"epochs_done": epochs_done, "export": None, "eval": last_eval,
+                "interrupted": stop.signal_name, "checkpoint": checkpoint}
+
     for epoch in range(start_epoch, train_cfg.epochs):
+        if stop.requested:
+            return stopped(epoch, checkpointer.latest)
+        # What a mid-epoch checkpoint already did in this epoch: steps and summaries.
+        trained, scalars = state.partial() if epoch == start_epoch and start_step else ([], {})
         lr = learning_rate(epoch, train_cfg)
         learner.set_learning_rate(lr)
         alpha = memory_lib.alpha_for_epoch(epoch, train_cfg.epochs, config.loss.max_alpha)
         plan = plan_epoch(epoch, config)
-        scalars = {"train/lr": lr, "train/alpha": alpha}
-        if plan.relabel:
+        scalars.update({"train/lr": lr, "train/alpha": alpha})
+        if plan.relabel and not trained:
             labelled = labels_from.next_round(cluster_features, seed=train_cfg.seed + epoch,
                                               eps=clusters.fixed_eps(), verbose=verbose)
             clusters.assign(labelled)
@@ -207,12 +237,19 @@ def run(config: config_lib.Config, workdir: str, *,
             targets = {"one_hot": "one-hot memory targets", "mplp": "MPLP memory targets",
                        "none": "no memory"}[plan.targets]
             print(f"Epoch {epoch + 1}/{train_cfg.epochs} lr={lr:.4g} alpha={alpha:.3f} "
-                  f"{targets}{', joint CE + triplet' if joint else ''}", flush=True)
+                  f"{targets}{', joint CE + triplet' if joint else ''}"
+                  f"{f' (resumed after step {len(trained)})' if trained else ''}", flush=True)
         batches, steps = _epoch_dataset(config, data, epoch,
-                                        clusters.labels.numpy() if joint else None)
-        means = _train_epoch(learner, strategy.experimental_distribute_dataset(batches), steps,
-                             alpha, plan.targets, joint=joint, epoch=epoch, verbose=verbose)
-        scalars.update(_epoch_scalars(means))
+                                        clusters.labels.numpy() if joint else None,
+                                        skip=len(trained))
+        trained = _train_epoch(learner, strategy.experimental_distribute_dataset(batches),
+                               steps, alpha, plan.targets, joint=joint, epoch=epoch,
+                               verbose=verbose, trained=trained, stop=stop)
+        if stop.requested:
+            state.set_position(epoch, trained, scalars)
+            return stopped(epoch, checkpointer.save(_objects(learner, state, clusters),
+                                                    epoch, step=len(trained)))
+        scalars.update(_epoch_scalars(_means(trained)))
         if train_cfg.eval_every and ((epoch + 1) % train_cfg.eval_every == 0
                                      or epoch + 1 == train_cfg.epochs):
             last_eval = features_lib.evaluate(
@@ -226,16 +263,20 @@ def run(config: config_lib.Config, workdir: str, *,
                 _export(learner.model, config, os.path.join(workdir, BEST_EXPORT_DIR),
                         epoch + 1, best_by_test=last_eval)
         summaries.write_scalars(writer, scalars, epoch + 1)
-        state.epoch.assign(epoch + 1)
-        checkpointer.save(_objects(learner, state, clusters), epoch + 1)
+        state.set_position(epoch + 1)
+        saved = checkpointer.save(_objects(learner, state, clusters), epoch + 1)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:
             iteration.wait_for_retired()
-            return {"epochs_done": epoch + 1, "export": None, "eval": last_eval}
+            return {"epochs_done": epoch + 1, "export": None, "eval": last_eval,
+                    "interrupted": None, "checkpoint": saved}
+    if stop.requested:
+        return stopped(train_cfg.epochs, checkpointer.latest)
 
     export_path = _export(learner.model, config, os.path.join(workdir, EXPORT_DIR),
                           train_cfg.epochs)
     iteration.wait_for_retired()
-    return {"epochs_done": train_cfg.epochs, "export": export_path, "eval": last_eval}
+    return {"epochs_done": train_cfg.epochs, "export": export_path, "eval": last_eval,
+            "interrupted": None, "checkpoint": checkpointer.latest}
 
 
 def _objects(learner: train_step.Learner, state: checkpointing.RunState,
@@ -254,17 +295,22 @@ def _new_classifier(learner: train_step.Learner, clusters: self_paced.ClusterSta
 
 def _restore(checkpointer: checkpointing.Checkpointer, learner: train_step.Learner,
              state: checkpointing.RunState, clusters: self_paced.ClusterState,
-             seed: int) -> int:
-    """Restores the newest checkpoint, if any; returns the epoch to start from."""
+             seed: int) -> tuple[int, int]:
+    """Restores the newest readable checkpoint, if any.
+
+    Returns:
+        (epoch to start from, steps of it already trained).
+    """
     stored = checkpointer.peek()
     if stored is None:
-        return 0
+        return 0, 0
     # Build a classifier of the stored size so that the restore can fill it.
     if self_paced.num_classes(stored["pseudo_labels"]) > 0:
         learner.new_classifier(self_paced.num_classes(stored["pseudo_labels"]), seed=seed)
-    path = checkpointer.restore(_objects(learner, state, clusters))
-    logging.info("resumed from %s after epoch %d", path, stored["epoch"])
-    return stored["epoch"]
+    path = checkpointer.restore(_objects(learner, state, clusters), stored["path"])
+    logging.info("resumed from %s after epoch %d%s", path, stored["epoch"],
+                 f" and {stored['step']} steps of the next" if stored["step"] else "")
+    return stored["epoch"], stored["step"]
 
 
 def _log_round(epoch: int, labelled: self_paced.Round, batch_size: int, verbose: bool) -> None:
@@ -296,9 +342,14 @@ def _epoch_scalars(means: dict[str, float]) -> dict[str, float]:
     return scalars
 
 
-def _epoch_dataset(config, data, epoch: int,
-                   labels: np.ndarray | None) -> tuple[tf.data.Dataset, int]:
-    """(batches, number of batches) of one epoch: all images, or PK batches over labels."""
+def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None,
+                   skip: int = 0) -> tuple[tf.data.Dataset, int]:
+    """(batches, number of batches) of one epoch: all images, or PK batches over labels.
+
+    The first `skip` batches are left out (a resumed epoch): the batches, their augmentation
+    included, are a function of (seed, epoch, position) only, so the rest are unchanged. The
+    number of batches counts them.
+    """
     data_cfg = config.data
     paths = [s.path for s in data.train]
     camids = [s.camid for s in data.train]
@@ -317,27 +368,53 @@ def _epoch_dataset(config, data, epoch: int,
     if config.train.steps_per_epoch:
         batches = batches.take(config.train.steps_per_epoch)
         steps = min(steps, config.train.steps_per_epoch)
-    return batches, steps
+    return batches.skip(skip), steps
 
 
 def _train_epoch(learner, batches, steps: int, alpha: float, targets: str, *, joint: bool,
-                 epoch: int, verbose: bool) -> dict[str, float]:
-    """Runs the steps of one epoch; returns the mean of each statistic."""
+                 epoch: int, verbose: bool, trained: list[dict[str, float]],
+                 stop: checkpointing.StopRequest) -> list[dict[str, float]]:
+    """Runs the steps of one epoch that follow those already trained, until a stop request.
+
+    Args:
+        batches: the distributed batches after the trained ones.
+        steps: batches of the whole epoch.
+        trained: statistics of each step already trained in this epoch (resumed epoch).
+        stop: checked after each step.
+
+    Returns:
+        the statistics of each step trained in this epoch so far (`steps` of them, unless a
+        stop was requested).
+    """
     shown = [name for name in train_step.STAT_NAMES
              if (joint or name not in ("ce", "triplet"))
              and (targets != "none" or name not in ("mmcl", "positives"))]
     progress = keras.utils.Progbar(steps, verbose=1 if verbose else 0, stateful_metrics=shown)
     tracker = summaries.MeanTracker()
-    for step, batch in enumerate(iteration.iterate(batches)):
+    trained = list(trained)
+    for stats in trained:
+        tracker.update(stats)
+    for step, batch in enumerate(iteration.iterate(batches), start=len(trained)):
         stats = {k: float(v) for k, v in learner.step(batch, alpha, targets=targets,
                                                       joint=joint).items()}
         if not math.isfinite(stats["loss"]):
             raise NonFiniteLossError(
                 f"non-finite loss ({stats['loss']}) at epoch {epoch + 1}, step {step + 1} "
                 f"(losses {stats}); training stopped, the last checkpoint is kept")
+        trained.append(stats)
         tracker.update(stats)
         means = tracker.result()
         progress.update(step + 1, [(name, means[name]) for name in shown])
+        if stop.requested:
+            break
+    return trained
+
+
+def _means(step_stats: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each statistic over the steps of an epoch."""
+    tracker = summaries.MeanTracker()
+    for stats in step_stats:
+        tracker.update(stats)
     return tracker.result()
 
 

@@ -6,6 +6,7 @@ must be configured before any TF op): this file doubles as their worker script.
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -354,5 +355,152 @@ def test_bin_train_trains_the_source_stage_first_then_reuses_it(tmp_path):
     assert (tmp_path / "second" / "export" / "saved_model.pb").is_file()
 
 
+# ----------------------------------------------------------------------------- stop signals
+
+def _sigterm_after_steps(stop_at: dict) -> None:
+    """Patches Learner.step to send this process SIGTERM once stop_at['step'] steps ran
+    (counted in stop_at['done']); what a scheduler preempting the run does, at a known step."""
+    import signal
+    from mlc_tf import train_step
+    step = train_step.Learner.step
+
+    def step_then_signal(self, *args, **kwargs):
+        stats = step(self, *args, **kwargs)
+        stop_at["done"] += 1
+        if stop_at["done"] == stop_at["step"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return stats
+
+    train_step.Learner.step = step_then_signal
+
+
+def _interrupted_worker(data_dir: str, root: str):
+    """The smoke run of _smoke_worker's 'full', stopped by SIGTERM three times and resumed."""
+    _start_tf(1)
+    import signal
+    from absl import flags
+    from mlc_tf import checkpointing, train
+    from mlc_tf import config as config_lib
+    from mlc_tf.data import registry
+
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["smoke", f"--flagfile={SMOKE_CFG}", f"--data_dir={data_dir}", "--eval_every=0"])
+    config = config_lib.from_flag_values(flag_values)
+    strategy = train.make_strategy()
+    stop_at = {"done": 0, "step": None}
+    _sigterm_after_steps(stop_at)
+    handlers = [signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)]
+    workdir = os.path.join(root, "interrupted")
+    report = {"runs": []}
+    # Epochs of 3 steps: stop in epoch 1 after its step 2, then after its last step (before
+    # the epoch's end), then in epoch 2 (PK batches of k-means labels) after its step 2; the
+    # fourth run finishes.
+    for step in (2, 1, 2, None):
+        stop_at.update(done=0, step=step)
+        result = train.run(config, workdir, strategy=strategy, verbose=False)
+        report["runs"].append({"epochs_done": result["epochs_done"], "steps": stop_at["done"],
+                               "interrupted": result["interrupted"],
+                               "checkpoint": os.path.basename(result["checkpoint"]),
+                               "export": result["export"] is not None,
+                               "handlers_back": handlers == [signal.getsignal(signal.SIGTERM),
+                                                             signal.getsignal(signal.SIGINT)]})
+    # A training file renamed: as many files as before, but not the same ones.
+    data = registry.create(config.data.dataset, data_dir, **config.data.options())
+    old = data.train[3].path
+    new = os.path.join(os.path.dirname(old), "0999_c1s1_999999_00.jpg")
+    os.rename(old, new)
+    try:
+        train.run(config, workdir, strategy=strategy, verbose=False)
+        report["renamed"] = None
+    except checkpointing.CheckpointMismatchError as err:
+        report["renamed"] = str(err)
+    report["renamed_from_to"] = [os.path.relpath(p, data.root) for p in (old, new)]
+    with open(os.path.join(root, "interrupted.json"), "w") as handle:
+        json.dump(report, handle)
+
+
+def _bin_train_stopped_worker(step: str, *argv):
+    """bin/train with these arguments, sent SIGTERM after its `step`-th step."""
+    import runpy
+    _sigterm_after_steps({"done": 0, "step": int(step)})
+    sys.argv = [os.path.join(REPO, "bin", "train"), *argv]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+@pytest.fixture(scope="module")
+def interrupted_runs(smoke_runs, tmp_path_factory):
+    root, _ = smoke_runs
+    _wait(_start_worker("interrupted", tmp_path_factory.mktemp("data"), root))
+    with open(root / "interrupted.json") as handle:
+        return root, json.load(handle)
+
+
+def _summary_scalars(folder):
+    import tensorflow as tf
+    scalars = {}
+    for path in sorted(folder.iterdir()):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+    return scalars
+
+
+def test_sigterm_checkpoints_inside_the_epoch_and_resuming_equals_the_uninterrupted_run(
+        interrupted_runs):
+    root, report = interrupted_runs
+    runs = report["runs"]
+    assert [(r["epochs_done"], r["steps"], r["interrupted"], r["checkpoint"]) for r in runs] == [
+        (0, 2, "SIGTERM", "ckpt-step2-0"), (0, 1, "SIGTERM", "ckpt-step3-0"),
+        (1, 2, "SIGTERM", "ckpt-step2-1"), (2, 1, None, "ckpt-2")]
+    assert [r["export"] for r in runs] == [False, False, False, True]
+    # Each run gave the handlers back.
+    assert all(r["handlers_back"] for r in runs)
+    full = _checkpoint_tensors(str(root / "full" / "checkpoints" / "ckpt-2"))
+    resumed = _checkpoint_tensors(str(root / "interrupted" / "checkpoints" / "ckpt-2"))
+    assert sorted(full) == sorted(resumed)
+    assert any(name.startswith("classifier/") for name in full)
+    for name, value in full.items():
+        if value.dtype.kind in "fiu":
+            np.testing.assert_allclose(resumed[name], value, atol=1e-5, rtol=0, err_msg=name)
+        elif not name.startswith("partial_epoch/"):
+            assert resumed[name] == value, name
+    # The epochs' summaries went on from those before each stop: mean losses, clustering.
+    full_scalars = _summary_scalars(root / "full" / "summaries")
+    resumed_scalars = _summary_scalars(root / "interrupted" / "summaries")
+    assert sorted(resumed_scalars) == sorted(full_scalars)
+    assert ("cluster/num_clusters", 2) in full_scalars
+    for key, value in full_scalars.items():
+        if key[0] != "cluster/seconds":
+            assert resumed_scalars[key] == pytest.approx(value, rel=1e-5), key
+
+
+def test_resuming_with_a_renamed_training_file_is_refused_naming_it(interrupted_runs):
+    _, report = interrupted_runs
+    old, new = report["renamed_from_to"]
+    assert report["renamed"] is not None
+    assert f"1 added ({new})" in report["renamed"] and f"1 removed ({old})" in report["renamed"]
+
+
+def test_bin_train_stopped_by_sigterm_exits_0_and_prints_how_to_resume(tmp_path):
+    workdir, data_dir = tmp_path / "run", tmp_path / "data"
+    stopped = _start_worker("bin_train_stopped", 2, f"--flagfile={SMOKE_CFG}",
+                            f"--data_dir={data_dir}", f"--workdir={workdir}", "--epochs=1",
+                            "--eval_every=0")
+    stdout, stderr = stopped.communicate(timeout=600)
+    assert stopped.returncode == 0, stdout[-3000:] + stderr[-5000:]
+    assert "stopped by SIGTERM; checkpoint " in stdout and "ckpt-step2-0" in stdout
+    assert "Traceback" not in stderr and not (workdir / "export").exists()
+    command = shlex.split(stdout.split("Resume with: ")[1].strip())
+    assert command == [os.path.join(REPO, "bin", "train"), f"--flagfile={workdir}/flags.txt"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    resumed = subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                             env=env, cwd=REPO, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert "after epoch 0 and 2 steps of the next" in resumed.stderr
+    assert "exported SavedModel feature extractor" in resumed.stdout
+
+
 if __name__ == "__main__":
-    {"step": _step_worker, "smoke": _smoke_worker}[sys.argv[1]](*sys.argv[2:])
+    {"step": _step_worker, "smoke": _smoke_worker, "interrupted": _interrupted_worker,
+     "bin_train_stopped": _bin_train_stopped_worker}[sys.argv[1]](*sys.argv[2:])
