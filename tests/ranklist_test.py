@@ -57,29 +57,35 @@ def _text_band(text, shape, x, y):
     return canvas
 
 
-def test_ranklist_image_writes_identity_ap_rank_and_distance(tmp_path):
+def test_write_ranklists_writes_identity_ap_rank_and_distance(tmp_path):
     wide = (64, 64)  # wide enough for the captions at TEXT_SCALE
-    query = _write_image(tmp_path / "0007_c1.png", 100)
-    match = _write_image(tmp_path / "g.png", 100)
-    picture = ranklist.ranklist_image(query, 7, [match], [3], match_distances=[0.123],
-                                      query_ap=0.75, cell_size=wide)
+    queries = [Sample(_write_image(tmp_path / "q1.png", 50), 1, 0),
+               Sample(_write_image(tmp_path / "q2.png", 50), 2, 0),
+               Sample(_write_image(tmp_path / "q3.png", 50), 3, 0)]
+    gallery = [Sample(_write_image(tmp_path / "g0.png", 10), 2, 1),
+               Sample(_write_image(tmp_path / "g1.png", 20), 1, 1)]
+    # Each of queries 1 and 2 has its true match second (AP 1/2); query 3 has none.
+    distances = np.array([[0.1, 0.3], [0.4, 0.2], [0.2, 0.4]])
+    written = ranklist.write_ranklists(str(tmp_path / "out"), distances, queries, gallery,
+                                       cell_size=wide)
+    first, second, third = (tf.io.decode_png(tf.io.read_file(p)).numpy() for p in written)
     header = slice(GAP, GAP + ranklist.LINE)
-    expected = _text_band("query 0007_c1   id 7   AP 75.0%", picture.shape, GAP, GAP)
-    np.testing.assert_array_equal(picture[header], expected[header])
-    x = ranklist.cell_left(1, wide)
+    for picture, text in ((first, "query q1   id 1   AP 50.0%"),
+                          (second, "query q2   id 2   AP 50.0%"),
+                          (third, "query q3   id 3   AP n/a (no match in another camera)")):
+        np.testing.assert_array_equal(picture[header],
+                                      _text_band(text, picture.shape, GAP, GAP)[header])
     above = slice(TOP - ranklist.LINE, TOP)
-    np.testing.assert_array_equal(picture[above, x:x + wide[1]],
-                                  _text_band("#1", picture.shape, x, TOP - ranklist.LINE + 2)[
-                                      above, x:x + wide[1]])
     below = slice(TOP + wide[0], TOP + wide[0] + ranklist.LINE)
-    np.testing.assert_array_equal(picture[below, x:x + wide[1]],
-                                  _text_band("0.123", picture.shape, x, TOP + wide[0] + 3)[
-                                      below, x:x + wide[1]])
-    no_match = ranklist.ranklist_image(query, 7, [match], [3], match_distances=[0.123],
-                                       query_ap=None, cell_size=wide)
-    expected = _text_band("query 0007_c1   id 7   AP n/a (no match in another camera)",
-                          picture.shape, GAP, GAP)
-    np.testing.assert_array_equal(no_match[header], expected[header])
+    under = slice(TOP + wide[0] + ranklist.LINE, TOP + wide[0] + 2 * ranklist.LINE)
+    for position, rank, distance, pid in ((1, "#1", "0.100", 2), (2, "#2", "0.300", 1)):
+        x = ranklist.cell_left(position, wide)
+        columns = slice(x, x + wide[1])
+        for rows, text, y in ((above, rank, TOP - ranklist.LINE + 2),
+                              (below, distance, TOP + wide[0] + 3),
+                              (under, f"id {pid}", TOP + wide[0] + ranklist.LINE + 3)):
+            np.testing.assert_array_equal(first[rows, columns],
+                                          _text_band(text, first.shape, x, y)[rows, columns])
 
 
 def test_average_precision_by_hand():
