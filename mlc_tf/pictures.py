@@ -217,7 +217,7 @@ def cluster_cell_origin(row: int, column: int, cell_size: tuple[int, int],
     true identities.
     """
     height, width = cell_size
-    pitch = LINE_HEIGHT + height + (LINE_HEIGHT if captions else 0) + GAP
+    pitch = LINE_HEIGHT + height + (LINE_HEIGHT if captions else 0) + 2 * GAP
     return (2 * GAP + LINE_HEIGHT + row * pitch + LINE_HEIGHT,
             GAP + column * (width + GAP))
 
@@ -273,8 +273,7 @@ def cluster_picture(paths: Sequence[str], labels: np.ndarray,
             colour = GREY
             if captions:
                 colour = GREEN if int(true_ids[member]) == majority else RED
-                draw_caption(canvas, f"id {int(true_ids[member])}", left, top + height + 3,
-                             width)
+                draw_caption(canvas, str(int(true_ids[member])), left, top + height + 3, width)
             canvas[top:top + height, left:left + width] = read_crop(paths[member], cell_size,
                                                                     colour)
     return canvas

@@ -1,11 +1,13 @@
 """Rank-list pictures: each query beside its top gallery matches, framed green (true) or red.
 
 A header line names the query, its identity and its AP; above each match is its rank, below it
-its distance and identity.
+its distance and identity. Distances all below 0.01 (features in a narrow cone) are written in
+a power of ten the header names, so that they still differ in their digits.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -57,6 +59,12 @@ def average_precision(distances: np.ndarray, pid: int, camid: int, g_pids,
     return evaluator.result()["mAP"]
 
 
+def distance_exponent(distances: Sequence[float | None]) -> int:
+    """0, or the power of ten of the largest distance when it is below 0.01 (None ignored)."""
+    largest = max((abs(d) for d in distances if d is not None), default=0.0)
+    return 0 if largest == 0 or largest >= 0.01 else math.floor(math.log10(largest))
+
+
 def ranklist_image(query_path: str, query_pid: int, match_paths: Sequence[str | None],
                    match_pids: Sequence[int | None], *, match_distances: Sequence[float | None],
                    query_ap: float | None, cell_size: tuple[int, int] = (128, 64)) -> np.ndarray:
@@ -78,7 +86,9 @@ def ranklist_image(query_path: str, query_pid: int, match_paths: Sequence[str | 
     canvas = np.full(picture_shape(len(match_paths), cell_size), 255, np.uint8)
     stem = os.path.splitext(os.path.basename(query_path))[0]
     ap = "n/a (no match in another camera)" if query_ap is None else f"{100 * query_ap:.1f}%"
-    pictures.draw_text(canvas, f"query {stem}   id {query_pid}   AP {ap}", GAP, GAP)
+    exponent = distance_exponent(match_distances)
+    unit = f"  distances in 1e{exponent}" if exponent else ""
+    pictures.draw_text(canvas, f"query {stem}  id {query_pid}  AP {ap}{unit}", GAP, GAP)
     below = CELL_TOP + height + 3
     cells = [(query_path, query_pid, None, "query", QUERY_FRAME)]
     for rank, (path, pid, distance) in enumerate(zip(match_paths, match_pids, match_distances)):
@@ -91,8 +101,8 @@ def ranklist_image(query_path: str, query_pid: int, match_paths: Sequence[str | 
                                                                             colour)
         pictures.draw_caption(canvas, label, x, CELL_TOP - LINE + 2, width)
         if distance is not None:
-            pictures.draw_caption(canvas, f"{distance:.3f}", x, below, width)
-        pictures.draw_caption(canvas, f"id {pid}", x, below + (LINE if position else 0), width)
+            pictures.draw_caption(canvas, f"{distance / 10.0 ** exponent:.3f}", x, below, width)
+        pictures.draw_caption(canvas, str(pid), x, below + (LINE if position else 0), width)
     return canvas
 
 

@@ -70,9 +70,9 @@ def test_write_ranklists_writes_identity_ap_rank_and_distance(tmp_path):
                                        cell_size=wide)
     first, second, third = (tf.io.decode_png(tf.io.read_file(p)).numpy() for p in written)
     header = slice(GAP, GAP + ranklist.LINE)
-    for picture, text in ((first, "query q1   id 1   AP 50.0%"),
-                          (second, "query q2   id 2   AP 50.0%"),
-                          (third, "query q3   id 3   AP n/a (no match in another camera)")):
+    for picture, text in ((first, "query q1  id 1  AP 50.0%"),
+                          (second, "query q2  id 2  AP 50.0%"),
+                          (third, "query q3  id 3  AP n/a (no match in another camera)")):
         np.testing.assert_array_equal(picture[header],
                                       _text_band(text, picture.shape, GAP, GAP)[header])
     above = slice(TOP - ranklist.LINE, TOP)
@@ -83,9 +83,30 @@ def test_write_ranklists_writes_identity_ap_rank_and_distance(tmp_path):
         columns = slice(x, x + wide[1])
         for rows, text, y in ((above, rank, TOP - ranklist.LINE + 2),
                               (below, distance, TOP + wide[0] + 3),
-                              (under, f"id {pid}", TOP + wide[0] + ranklist.LINE + 3)):
+                              (under, str(pid), TOP + wide[0] + ranklist.LINE + 3)):
             np.testing.assert_array_equal(first[rows, columns],
                                           _text_band(text, first.shape, x, y)[rows, columns])
+
+
+def test_tiny_distances_are_written_in_a_power_of_ten(tmp_path):
+    assert ranklist.distance_exponent([0.5, None, 0.001]) == 0
+    assert ranklist.distance_exponent([2e-6, 3.5e-5, None]) == -5
+    assert ranklist.distance_exponent([0.0, None]) == 0
+    wide = (64, 64)
+    query = _write_image(tmp_path / "q.png", 50)
+    match = _write_image(tmp_path / "g.png", 10)
+    picture = ranklist.ranklist_image(query, 1, [match] * 2 + [None] * 8, [1, 2] + [None] * 8,
+                                      match_distances=[2e-6, 3.5e-5] + [None] * 8, query_ap=1.0,
+                                      cell_size=wide)
+    header = slice(GAP, GAP + ranklist.LINE)
+    np.testing.assert_array_equal(picture[header], _text_band(
+        "query q  id 1  AP 100.0%  distances in 1e-5", picture.shape, GAP, GAP)[header])
+    below = slice(TOP + wide[0], TOP + wide[0] + ranklist.LINE)
+    for position, text in ((1, "0.200"), (2, "3.500")):
+        x = ranklist.cell_left(position, wide)
+        np.testing.assert_array_equal(
+            picture[below, x:x + wide[1]],
+            _text_band(text, picture.shape, x, TOP + wide[0] + 3)[below, x:x + wide[1]])
 
 
 def test_average_precision_by_hand():
