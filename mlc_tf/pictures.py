@@ -413,8 +413,11 @@ def panel_picture(title: str, epochs: Sequence[int], values: Sequence[float],
     x_ticks = nice_ticks(first, last, max_ticks=5, min_step=1.0)
     x_ticks = x_ticks[(x_ticks >= first) & (x_ticks <= last)]
     low, high = values.min(), values.max()
-    pad = 0.0 if high > low else (abs(low) * 0.1 or 1.0)
-    y_ticks = nice_ticks(low - pad, high + pad, max_ticks=4)
+    # A little room, so that no point lies on the x axis or the top edge (but no negative
+    # ticks under a series that never is).
+    pad = 0.05 * (high - low) if high > low else (abs(low) * 0.1 or 1.0)
+    y_ticks = nice_ticks(low - pad if low - pad >= 0 or low < 0 else 0.0, high + pad,
+                         max_ticks=4)
 
     def to_pixel(epoch: float, value: float) -> tuple[float, float]:
         return (bottom - (value - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]) * (bottom - top),
