@@ -18,7 +18,6 @@ PICTURES_DIR = "pictures"
 HISTORY_FILE = "history.jsonl"
 CURVES_FILE = "curves.png"
 
-WHITE = (255, 255, 255)
 TEXT = (20, 20, 20)
 GREEN = (0, 170, 0)
 RED = (220, 0, 0)
