@@ -18,6 +18,7 @@ from mlc_tf import export as export_lib
 from mlc_tf import features as features_lib
 from mlc_tf import memory as memory_lib
 from mlc_tf import model as model_lib
+from mlc_tf import pictures
 from mlc_tf import self_paced
 from mlc_tf import summaries
 from mlc_tf import train_step
@@ -123,7 +124,8 @@ def run(config: config_lib.Config, workdir: str, *,
 
     Args:
         config: the run configuration.
-        workdir: folder for config.json, checkpoints/, summaries/ and export/.
+        workdir: folder for config.json, checkpoints/, summaries/, history.jsonl, pictures/
+            and export/.
         strategy: MirroredStrategy to use; default make_strategy(config.train.devices).
         data: the dataset; default the one config.data names.
         stop_after_epoch: stop (after its checkpoint) once this 0-based epoch is done, without
@@ -232,6 +234,10 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
             _new_classifier(learner, clusters, train_cfg.seed * 1000 + epoch)
             scalars.update(labelled.scalars)
             _log_round(epoch, labelled, config.data.batch_size, verbose)
+            pictures.write_clusters(workdir, epoch + 1, [s.path for s in data.train],
+                                    labelled.labels,
+                                    pids if self_paced.identities_known(pids) else None,
+                                    seed=train_cfg.seed + epoch, writer=writer)
         joint = plan.self_paced and clusters.num_classes > 0
         if verbose:
             targets = {"one_hot": "one-hot memory targets", "mplp": "MPLP memory targets",
@@ -263,6 +269,8 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                 _export(learner.model, config, os.path.join(workdir, BEST_EXPORT_DIR),
                         epoch + 1, best_by_test=last_eval)
         summaries.write_scalars(writer, scalars, epoch + 1)
+        pictures.append_history(workdir, epoch + 1, scalars)
+        pictures.write_curves(workdir)
         state.set_position(epoch + 1)
         saved = checkpointer.save(_objects(learner, state, clusters), epoch + 1)
         if stop_after_epoch is not None and epoch >= stop_after_epoch:

@@ -94,8 +94,8 @@ def test_round_trip_matches_library_and_writes_ranklists(setup):
         os.path.basename(dataset.query[i].path).replace(".jpg", ".png") for i in chosen]
     for name in pictures:
         picture = tf.io.decode_png(tf.io.read_file(str(ranklists / name))).numpy()
-        # 128 x 64 cells: query and 10 matches, 6-pixel margins, 3 gaps after the query.
-        assert picture.shape == (128 + 2 * 6, 11 * 64 + 14 * 6, 3)
+        # 128 x 64 cells: query and 10 matches, with their text lines.
+        assert picture.shape == ranklist.picture_shape(10, (128, 64))
 
 
 def test_rerank_round_trip(setup):

@@ -323,6 +323,11 @@ def test_bin_train_smoke_resumes_and_exports(tmp_path):
     flags_text = (workdir / "flags.txt").read_text()
     assert "--backbone=resnet18" in flags_text and f"--workdir={workdir}" in flags_text
     assert list((workdir / "summaries").iterdir())
+    # Pictures: the clustering round of epoch 2, and curves over both parts of the run.
+    assert (workdir / "pictures" / "clusters_epoch002.png").is_file()
+    assert (workdir / "pictures" / "curves.png").is_file()
+    from mlc_tf import pictures
+    assert [r["epoch"] for r in pictures.read_history(str(workdir))] == [1, 2]
 
     from mlc_tf import export
     extractor = export.load_feature_extractor(str(workdir / "export"))
