@@ -73,6 +73,19 @@ def test_recovers_identities_and_reports_stats():
         assert len(set(truth[labels == c])) == 1
 
 
+def test_a_common_offset_changes_nothing():
+    # Distances are translation invariant; in float32 a large offset would round them away
+    # (k-means: scikit-learn centres the data itself).
+    x, truth = _clustered(400, ids=10)
+    offset = np.zeros(x.shape[1], np.float32)
+    offset[0] = 1e4
+    for method in ("dbscan", "kmeans"):
+        labels, _ = assign_pseudo_labels(x, method=method, num_clusters=10, knn_backend="exact")
+        shifted, _ = assign_pseudo_labels(x + offset, method=method, num_clusters=10,
+                                          knn_backend="exact")
+        np.testing.assert_array_equal(shifted, labels, err_msg=method)
+
+
 def test_deterministic_and_silent(capsys):
     x, _ = _clustered(500, noise=0.8)
     first, _ = assign_pseudo_labels(x, knn_backend="ivf")

@@ -89,6 +89,10 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
     if method == "kmeans" and not num_clusters:
         raise ValueError("method='kmeans' needs num_clusters")
     x = check_features(features)
+    # Every distance below is Euclidean, so centring changes none of them, while float32 keeps
+    # the differences of features that share a large common part (a trained network's pooled
+    # features: unit rows whose mean has norm 0.99999).
+    x = x - x.mean(axis=0, dtype=np.float64).astype(np.float32)
     n = len(x)
     log = _Log(verbose)
     stats: dict[str, Any] = {"k1": None, "k2": None, "eps": None, "knn_backend": None,
