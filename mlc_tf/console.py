@@ -82,11 +82,24 @@ def start_tensorflow(tf_log: str = "quiet") -> list[str]:
         handler.addFilter(_own_info_only)
         gpus, written = _capturing_stderr(_import_and_list_gpus)
         sys.stderr.writelines(line for line in written.splitlines(keepends=True)
-                              if not (_CPP_NOISE.match(line)
-                                      or not gpus and _NO_GPU_NOISE.match(line)))
+                              if not is_tensorflow_noise(line, gpus_found=bool(gpus)))
         sys.stderr.flush()
         return gpus
     return _import_and_list_gpus()
+
+
+def is_tensorflow_noise(line: str, *, gpus_found: bool) -> bool:
+    """Whether a line TensorFlow wrote while loading is one that quiet mode hides.
+
+    Args:
+        line: one line of stderr.
+        gpus_found: whether TensorFlow found a GPU (else CUDA errors are noise too).
+
+    Returns:
+        True for C++ INFO and WARNING lines and absl's pre-initialisation note, and, without
+        a GPU, for the CUDA platform's errors (the failed cuInit).
+    """
+    return bool(_CPP_NOISE.match(line) or not gpus_found and _NO_GPU_NOISE.match(line))
 
 
 def _import_and_list_gpus() -> list[str]:
