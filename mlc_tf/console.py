@@ -13,7 +13,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,12 +21,13 @@ from typing import TextIO
 from absl import app, flags, logging
 
 TF_LOG_CHOICES = ("quiet", "all")
+# The file keras.applications.ResNet50(weights="imagenet") fetches (model.IMAGENET_WEIGHTS_FILE).
 IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_WEIGHTS_URL = ("https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
                         + IMAGENET_WEIGHTS_FILE)
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 # Datasets that are generated into --data_dir rather than read from it.
 GENERATED_DATASETS = ("synthetic",)
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # TensorFlow's C++ INFO and WARNING lines (absl format: I0000 00:00:... file.cc:12] ...), absl's
 # note that precedes the first of them, and the continuation of the CPU-instructions notice.
@@ -122,6 +122,7 @@ def _capturing_stderr(function: Callable[[], list[str]]) -> tuple[list[str], str
         try:
             result = function()
         except BaseException:
+            sys.stderr.flush()
             _restore_fd(saved, 2)
             capture.seek(0)
             sys.stderr.write(capture.read().decode("utf-8", "replace"))
