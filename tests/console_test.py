@@ -286,7 +286,7 @@ def test_a_checkpoint_of_another_model_is_one_line(two_stage_run):
     root, _ = two_stage_run
     result = _bin("train", f"--flagfile={SMOKE_CFG}", f"--data_dir={root}/data",
                   f"--workdir={root}/target", "--multiscale=false")
-    assert re.search(r"checkpoint", _one_error_line(result, "bin/train"))
+    assert "multiscale" in _one_error_line(result, "bin/train")  # names the difference
 
 
 def test_a_non_finite_loss_is_one_line(tmp_path):
