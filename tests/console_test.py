@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import os
 import re
 import subprocess
@@ -108,6 +109,20 @@ def test_tensorflow_noise_is_told_from_the_rest():
         assert not console.is_tensorflow_noise(line, gpus_found=False), line
 
 
+def test_quiet_logging_keeps_warnings_and_our_own_info_without_the_prefix():
+    def record(level, path):
+        return logging.LogRecord("absl", level, path, 1, "resumed from %s", ("ckpt-2",), None)
+
+    ours = os.path.join(REPO, "mlc_tf", "train.py")
+    tensorflow = "/venv/site-packages/tensorflow/python/checkpoint/functional_saver.py"
+    assert console._own_info_only(record(logging.INFO, ours))
+    assert not console._own_info_only(record(logging.INFO, tensorflow))
+    assert console._own_info_only(record(logging.WARNING, tensorflow))
+    formatter = console._PlainFormatter()
+    assert formatter.format(record(logging.INFO, ours)) == "resumed from ckpt-2"
+    assert formatter.format(record(logging.WARNING, ours)) == "WARNING: resumed from ckpt-2"
+
+
 def _python(code: str) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -179,7 +194,7 @@ def _bin(name: str, *args) -> subprocess.CompletedProcess:
 def _one_error_line(result: subprocess.CompletedProcess, program: str) -> str:
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    first, *rest = result.stderr.splitlines()
+    first = result.stderr.splitlines()[0]
     assert first.startswith(f"{program}: error: "), result.stderr
     return result.stderr
 
