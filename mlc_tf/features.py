@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from mlc_tf import config as config_lib
+from mlc_tf import console
 from mlc_tf import evaluation
 from mlc_tf import export
 from mlc_tf import ranklist
@@ -41,7 +42,8 @@ def make_embedder(model: keras.Model, feature: str = "pooled") -> Callable:
 
 
 def extract_features(extractor: Callable, paths: Sequence[str], *, image_size: Sequence[int],
-                     batch_size: int = 128, progress: bool = False) -> np.ndarray:
+                     batch_size: int = 128, progress: bool = False,
+                     progress_label: str = "features") -> np.ndarray:
     """Features of the images at paths, in order, without augmentation.
 
     Images are decoded, resized to image_size and rounded to uint8, which is what the
@@ -53,7 +55,8 @@ def extract_features(extractor: Callable, paths: Sequence[str], *, image_size: S
         paths: image files.
         image_size: (height, width).
         batch_size: images per call.
-        progress: show a progress bar.
+        progress: show a progress bar (console.ProgressBar).
+        progress_label: what the progress bar's line starts with.
 
     Returns:
         float32 (len(paths), D).
@@ -64,11 +67,12 @@ def extract_features(extractor: Callable, paths: Sequence[str], *, image_size: S
     if not len(paths):
         raise ValueError("no images to extract features from")
     batches = pipeline.make_eval_dataset(list(paths), tuple(image_size), batch_size)
-    bar = keras.utils.Progbar(len(paths), verbose=1 if progress else 0, unit_name="image")
     chunks = []
-    for images in iteration.iterate(batches):
-        chunks.append(np.asarray(extractor(images), np.float32))
-        bar.add(len(chunks[-1]))
+    with console.ProgressBar(len(paths), progress_label, unit="image", enabled=progress) as bar:
+        for images in iteration.iterate(batches):
+            chunks.append(np.asarray(extractor(images), np.float32))
+            bar.add(len(chunks[-1]))
+        bar.finish()
     return np.concatenate(chunks)
 
 
@@ -139,9 +143,10 @@ def evaluate(extractor: Callable, dataset, *, image_size: Sequence[int], batch_s
     """
     start = time.time()
     query = extract_features(extractor, [s.path for s in dataset.query], image_size=image_size,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, progress_label="query")
     gallery = extract_features(extractor, [s.path for s in dataset.gallery],
-                               image_size=image_size, batch_size=batch_size, progress=progress)
+                               image_size=image_size, batch_size=batch_size, progress=progress,
+                               progress_label="gallery")
     scored = score(query, gallery, dataset.query, dataset.gallery, metric=metric, rerank=rerank)
     return dataclasses.replace(scored, metrics={**scored.metrics,
                                                 "seconds": time.time() - start})
@@ -216,6 +221,18 @@ def evaluate_export(saved_model: str, dataset_name: str, data_dir: str,
                "metric": "euclidean" if rerank else metric, "rerank": rerank}
     return report(scored, summary, dataset.query, dataset.gallery, output_json=output_json,
                   ranklist_dir=ranklist_dir, num_ranklists=num_ranklists)
+
+
+def format_metrics(metrics: dict) -> str:
+    """One line of the headline metrics in percent, and the seconds when known.
+
+    Args:
+        metrics: mAP, rank1, rank5, rank10, mINP as fractions; optionally seconds.
+    """
+    line = ", ".join(f"{name} {100 * metrics[key]:.2f}%" for name, key in (
+        ("mAP", "mAP"), ("rank-1", "rank1"), ("rank-5", "rank5"), ("rank-10", "rank10"),
+        ("mINP", "mINP")))
+    return f"{line} ({metrics['seconds']:.1f} s)" if "seconds" in metrics else line
 
 
 def format_summary(summary: dict) -> str:

@@ -13,6 +13,7 @@ from absl import logging
 
 from mlc_tf import checkpointing
 from mlc_tf import config as config_lib
+from mlc_tf import console
 from mlc_tf import diagnostics
 from mlc_tf import export as export_lib
 from mlc_tf import features as features_lib
@@ -107,7 +108,8 @@ def build(config: config_lib.Config, strategy: tf.distribute.Strategy, num_train
             num_train, model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale))
     if model_cfg.init_from:
         loaded = warm_start.load_initial_weights(model, model_cfg.init_from)
-        logging.info("initial weights from %s", loaded)
+        logging.info("initial weights from %s (%d layers; %s, epoch %s)", loaded["checkpoint"],
+                     loaded["layers"], loaded["kind"], loaded["epoch"])
     train_cfg = config.train
     return train_step.Learner(
         strategy, model, memory, loss=config.loss, lr=train_cfg.lr,
@@ -174,9 +176,11 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                camstyle=config.data.camstyle, **config.data.options())
     registry.check_dataset_supports(config, data)
     num_train = len(data.train)
-    logging.info("%s: %d train, %d query, %d gallery images; %d replica(s), %d images per "
-                 "replica", data.name, num_train, len(data.query), len(data.gallery), replicas,
-                 config.data.batch_size // replicas)
+    if verbose:
+        print(console.format_header(
+            data.name, num_train=num_train, num_query=len(data.query),
+            num_gallery=len(data.gallery), devices=strategy.extended.worker_devices,
+            batch_size=config.data.batch_size, workdir=workdir), flush=True)
     pids = np.array([s.pid for s in data.train])
     camids = np.array([s.camid for s in data.train])
     labels_from = self_paced.label_source(config, pids, camids)
@@ -206,7 +210,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
             # Pre-BN, L2-normalised, as Cluster Contrast re-extracts them (spec §6.2).
             return features_lib.extract_features(
                 cluster_embed, [s.path for s in data.train], image_size=config.data.image_size,
-                batch_size=config.data.eval_batch_size, progress=verbose)
+                batch_size=config.data.eval_batch_size)
         return learner.memory.variable.numpy()
 
     last_eval: dict = {}
@@ -229,7 +233,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
         scalars.update({"train/lr": lr, "train/alpha": alpha})
         if plan.relabel and not trained:
             labelled = labels_from.next_round(cluster_features, seed=train_cfg.seed + epoch,
-                                              eps=clusters.fixed_eps(), verbose=verbose)
+                                              eps=clusters.fixed_eps())
             clusters.assign(labelled)
             _new_classifier(learner, clusters, train_cfg.seed * 1000 + epoch)
             scalars.update(labelled.scalars)
@@ -239,18 +243,13 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                     pids if self_paced.identities_known(pids) else None,
                                     seed=train_cfg.seed + epoch, writer=writer)
         joint = plan.self_paced and clusters.num_classes > 0
-        if verbose:
-            targets = {"one_hot": "one-hot memory targets", "mplp": "MPLP memory targets",
-                       "none": "no memory"}[plan.targets]
-            print(f"Epoch {epoch + 1}/{train_cfg.epochs} lr={lr:.4g} alpha={alpha:.3f} "
-                  f"{targets}{', joint CE + triplet' if joint else ''}"
-                  f"{f' (resumed after step {len(trained)})' if trained else ''}", flush=True)
         batches, steps = _epoch_dataset(config, data, epoch,
                                         clusters.labels.numpy() if joint else None,
                                         skip=len(trained))
         trained = _train_epoch(learner, strategy.experimental_distribute_dataset(batches),
                                steps, alpha, plan.targets, joint=joint, epoch=epoch,
-                               verbose=verbose, trained=trained, stop=stop)
+                               epochs=train_cfg.epochs, lr=lr, verbose=verbose,
+                               trained=trained, stop=stop)
         if stop.requested:
             state.set_position(epoch, trained, scalars)
             return stopped(epoch, checkpointer.save(_objects(learner, state, clusters),
@@ -260,10 +259,11 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                      or epoch + 1 == train_cfg.epochs):
             last_eval = features_lib.evaluate(
                 eval_embed, data, image_size=config.data.image_size,
-                batch_size=config.data.eval_batch_size, progress=verbose).metrics
+                batch_size=config.data.eval_batch_size).metrics
             scalars.update({"eval/mAP": last_eval["mAP"], "eval/rank1": last_eval["rank1"]})
-            logging.info("epoch %d: mAP %.4f rank-1 %.4f", epoch + 1, last_eval["mAP"],
-                         last_eval["rank1"])
+            if verbose:
+                print(f"  eval after epoch {epoch + 1}: "
+                      f"{features_lib.format_metrics(last_eval)}", flush=True)
             if train_cfg.export_best_by_test and last_eval["mAP"] > float(state.best_map.numpy()):
                 state.best_map.assign(last_eval["mAP"])
                 _export(learner.model, config, os.path.join(workdir, BEST_EXPORT_DIR),
@@ -336,9 +336,9 @@ def _log_round(epoch: int, labelled: self_paced.Round, batch_size: int, verbose:
         quality = (f", purity {scalars['cluster/purity']:.3f}, NMI {scalars['cluster/nmi']:.3f}, "
                    f"pair precision {scalars['cluster/pair_precision']:.3f} recall "
                    f"{scalars['cluster/pair_recall']:.3f} (vs true ids, diagnostic only)")
-    logging.info("epoch %d: %s%s", epoch + 1, found, quality)
+    seconds = f" in {scalars['cluster/seconds']:.1f} s" if "cluster/seconds" in scalars else ""
     if verbose:
-        print(f"  labels: {found}{quality}", flush=True)
+        print(f"  labels for epoch {epoch + 1}: {found}{quality}{seconds}", flush=True)
 
 
 def _epoch_scalars(means: dict[str, float]) -> dict[str, float]:
@@ -380,9 +380,10 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None,
 
 
 def _train_epoch(learner, batches, steps: int, alpha: float, targets: str, *, joint: bool,
-                 epoch: int, verbose: bool, trained: list[dict[str, float]],
+                 epoch: int, epochs: int, lr: float, verbose: bool,
+                 trained: list[dict[str, float]],
                  stop: checkpointing.StopRequest) -> list[dict[str, float]]:
-    """Runs the steps of one epoch that follow those already trained, until a stop request.
+    """Runs the steps of one epoch that follow those already trained, under its progress bar.
 
     Args:
         batches: the distributed batches after the trained ones.
@@ -397,9 +398,10 @@ def _train_epoch(learner, batches, steps: int, alpha: float, targets: str, *, jo
     shown = [name for name in train_step.STAT_NAMES
              if (joint or name not in ("ce", "triplet"))
              and (targets != "none" or name not in ("mmcl", "positives"))]
-    progress = keras.utils.Progbar(steps, verbose=1 if verbose else 0, stateful_metrics=shown)
+    progress = console.ProgressBar(steps, f"Epoch {epoch + 1}/{epochs}", enabled=verbose)
     tracker = summaries.MeanTracker()
     trained = list(trained)
+    resumed = len(trained)
     for stats in trained:
         tracker.update(stats)
     for step, batch in enumerate(iteration.iterate(batches), start=len(trained)):
@@ -412,9 +414,14 @@ def _train_epoch(learner, batches, steps: int, alpha: float, targets: str, *, jo
         trained.append(stats)
         tracker.update(stats)
         means = tracker.result()
-        progress.update(step + 1, [(name, means[name]) for name in shown])
+        progress.update(step + 1, {name: means[name] for name in shown})
         if stop.requested:
             break
+    memory = {"one_hot": "one-hot memory targets", "mplp": "MPLP memory targets",
+              "none": "no memory"}[targets]
+    progress.finish(f"lr {lr:.3g}, alpha {alpha:.3f}, {memory}"
+                    f"{', joint CE + triplet' if joint else ''}"
+                    f"{f', resumed after step {resumed}' if resumed else ''}")
     return trained
 
 
