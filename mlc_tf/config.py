@@ -119,6 +119,11 @@ class LossConfig:
     triplet_soft: bool = _field(False, "Soft-margin triplet log(1 + exp(d_ap - d_an)).")
     triplet_feature: str = _field("pooled", "Triplet on pre-BN f_all or its L2-normalised form.",
                                   ("pooled", "normalized"))
+    memory_dtype: str = _field("float32", "Storage dtype of the memory bank; reads and updates "
+                               "are computed in float32.", ("float32", "bfloat16", "float16"))
+    mplp_graph_k: int = _field(0, "MPLP cycle check on a kNN graph of the memory with this many "
+                               "neighbours per slot (itself included), refreshed at the start of "
+                               "every MPLP epoch; 0 = exact ranks against the whole bank.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -101,7 +101,8 @@ def build(config: config_lib.Config, strategy: tf.distribute.Strategy, num_train
                            if model_cfg.init_from else None),
             synchronized_bn=model_cfg.synchronized_bn and replicas > 1)
         memory = None if config.train.supervised else memory_lib.MemoryBank(
-            num_train, model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale))
+            num_train, model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale),
+            dtype=config.loss.memory_dtype, graph_k=config.loss.mplp_graph_k)
     if model_cfg.init_from:
         loaded = warm_start.load_initial_weights(model, model_cfg.init_from)
         logging.info("initial weights from %s", loaded)
@@ -181,7 +182,7 @@ def run(config: config_lib.Config, workdir: str, *,
             return features_lib.extract_features(
                 cluster_embed, [s.path for s in data.train], image_size=config.data.image_size,
                 batch_size=config.data.eval_batch_size, progress=verbose)
-        return learner.memory.variable.numpy()
+        return learner.memory.numpy()
 
     last_eval: dict = {}
     for epoch in range(start_epoch, train_cfg.epochs):
@@ -198,6 +199,8 @@ def run(config: config_lib.Config, workdir: str, *,
             scalars.update(labelled.scalars)
             _log_round(epoch, labelled, config.data.batch_size, verbose)
         joint = plan.self_paced and clusters.num_classes > 0
+        if plan.targets == "mplp":
+            learner.refresh_mplp_graph(seed=train_cfg.seed + epoch)
         if verbose:
             targets = {"one_hot": "one-hot memory targets", "mplp": "MPLP memory targets",
                        "none": "no memory"}[plan.targets]

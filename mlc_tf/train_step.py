@@ -9,7 +9,7 @@ from mlc_tf import config as config_lib
 from mlc_tf import diagnostics
 from mlc_tf import losses
 from mlc_tf import model as model_lib
-from mlc_tf.memory import MemoryBank
+from mlc_tf import memory as memory_lib
 
 # Per-step statistics returned by Learner.step, as global-batch means.
 STAT_NAMES = ("loss", "mmcl", "ce", "triplet", "positives")
@@ -37,7 +37,7 @@ class Learner:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
-                 memory: MemoryBank | None, *, loss: config_lib.LossConfig, lr: float,
+                 memory: memory_lib.MemoryBank | None, *, loss: config_lib.LossConfig, lr: float,
                  backbone_lr_mult: float, momentum: float, nesterov: bool, weight_decay: float,
                  jit_compile: bool = False, slot_pids=None):
         """Builds the optimizers.
@@ -120,6 +120,14 @@ class Learner:
         # Steps closing over the previous classifier are stale.
         self._steps = {key: fn for key, fn in self._steps.items() if not key[1]}
 
+    def refresh_mplp_graph(self, seed: int = 0) -> None:
+        """Recomputes the memory's kNN graph for MPLP's cycle check; no-op without one.
+
+        Call it between epochs (outside the step), before the steps that use MPLP targets.
+        """
+        if self.memory is not None and self.memory.neighbours is not None:
+            self.memory.refresh_neighbours(seed=seed)
+
     def checkpoint_objects(self) -> dict:
         """{name: trackable} of everything the step trains or keeps, for checkpoints."""
         objects = {"model": self.model, "backbone_optimizer": self.backbone_optimizer,
@@ -184,9 +192,6 @@ class Learner:
         def average(per_example):
             return tf.nn.compute_average_loss(per_example, global_batch_size=global_size)
 
-        def gather(tensor):
-            return context.all_gather(tensor, axis=0)
-
         variables = self.backbone_variables + self.head_variables
         if joint:
             variables = variables + self.classifier.trainable_variables
@@ -197,7 +202,9 @@ class Learner:
                 memory=None if self.memory is None else self.memory.variable,
                 options=self.loss, memory_targets=targets,
                 classifier=self.classifier if joint else None,
-                labels=batch["label"] if joint else None, gather=gather, average=average)
+                labels=batch["label"] if joint else None,
+                gather=memory_lib.cross_replica_concat, average=average,
+                neighbours=None if self.memory is None else self.memory.neighbours)
         gradients = tape.gradient(objective["loss"], variables)
         # Coupled weight decay. The optimizers SUM gradients over replicas, so each replica
         # adds its 1/R share of wd * w.
