@@ -90,8 +90,10 @@ def similarities(features: tf.Tensor, memory: tf.Tensor) -> tf.Tensor:
 def cross_replica_concat(tensor: tf.Tensor) -> tf.Tensor:
     """Concatenates a per-replica tensor along axis 0 over all replicas, in replica order.
 
-    In the replica context of a strategy with several replicas this is `all_gather`
-    (differentiable: gradients are summed across replicas and sliced back). With one
+    In the replica context of a strategy with several replicas this is `all_gather`,
+    differentiable: the gradient is summed across replicas and each replica keeps its own
+    rows. Unlike `ReplicaContext.all_gather`'s own gradient, which gathers the row counts
+    as int32, every collective here is float or int64, as NCCL needs on GPUs. With one
     replica, no strategy, or in cross-replica context, the tensor comes back unchanged.
 
     Args:
@@ -111,7 +113,20 @@ def cross_replica_concat(tensor: tf.Tensor) -> tf.Tensor:
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return tensor
-    return context.all_gather(tensor, axis=0)
+    if not tensor.dtype.is_floating:
+        return context.all_gather(tensor, axis=0)
+
+    @tf.custom_gradient
+    def gather(local):
+        def gradient(upstream):
+            summed = context.all_reduce(tf.distribute.ReduceOp.SUM, upstream)
+            sizes = context.all_gather(tf.shape(local, out_type=tf.int64)[:1], axis=0)
+            start = tf.reduce_sum(sizes[:context.replica_id_in_sync_group])
+            return summed[start:start + sizes[context.replica_id_in_sync_group]]
+
+        return context.all_gather(local, axis=0), gradient
+
+    return gather(tensor)
 
 
 def _last_occurrence(indices: tf.Tensor) -> tf.Tensor:
