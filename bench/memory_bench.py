@@ -32,19 +32,22 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app, flags  # noqa: E402
 
 # N:d:dtype:mplp cases of the README table (exact MPLP where its up-to-64 candidate passes fit).
+# N:d:dtype:mplp[:B] cases of the README table (exact MPLP where its up to 64 candidate passes
+# fit; batch 32 where 128 x N float32 intermediates would not fit this 24 GiB machine).
 _CASES = [
     "10000:256:float32:exact", "10000:256:float32:graph", "100000:256:float32:exact",
     "100000:256:float32:graph", "100000:256:bfloat16:graph", "1000000:256:float32:graph",
-    "1000000:256:bfloat16:graph", "4200000:256:float32:graph", "4200000:256:bfloat16:graph",
-    "10000:2048:float32:graph", "100000:2048:float32:graph", "1000000:2048:bfloat16:graph",
-    "10000:6144:float32:graph", "100000:6144:float32:graph", "100000:6144:bfloat16:graph",
-    "300000:6144:bfloat16:graph",
+    "1000000:256:bfloat16:graph", "4200000:256:float32:graph:32",
+    "4200000:256:bfloat16:graph:32", "10000:2048:float32:graph", "100000:2048:float32:graph",
+    "1000000:2048:bfloat16:graph", "10000:6144:float32:graph", "100000:6144:float32:graph",
+    "100000:6144:bfloat16:graph", "300000:6144:bfloat16:graph",
 ]
 LUPERSON_SLOTS = 4_180_000
 _BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
-flags.DEFINE_list("cases", _CASES, "N:d:dtype:mplp cases (mplp: graph or exact).")
-flags.DEFINE_integer("batch_size", 128, "Global batch B (the paper's).")
+flags.DEFINE_list("cases", _CASES, "N:d:dtype:mplp[:B] cases (mplp: graph or exact; B "
+                  "defaults to --batch_size).")
+flags.DEFINE_integer("batch_size", 128, "Global batch B (the paper's) of cases without one.")
 flags.DEFINE_integer("graph_k", 64, "Neighbours per slot of the MPLP kNN graph.")
 flags.DEFINE_integer("steps", 2, "Timed steps after one untimed (tracing) step.")
 flags.DEFINE_string("mplp_agreement", "", "A workdir: compare graph and exact MPLP on the "
@@ -81,6 +84,12 @@ def _resident_gib() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
 
 
+def _parse(case: str) -> tuple[int, int, str, str, int]:
+    """N:d:dtype:mplp[:B] -> (N, d, dtype, mplp, B)."""
+    num_slots, dim, dtype, mplp, *batch = case.split(":")
+    return int(num_slots), int(dim), dtype, mplp, int(batch[0]) if batch else FLAGS.batch_size
+
+
 def _run_one(case: str) -> dict:
     import numpy as np
     import tensorflow as tf
@@ -88,8 +97,7 @@ def _run_one(case: str) -> dict:
     from mlc_tf import config as config_lib
     from mlc_tf import losses, memory
 
-    num_slots, dim, dtype, mplp = case.split(":")
-    num_slots, dim = int(num_slots), int(dim)
+    num_slots, dim, dtype, mplp, batch_size = _parse(case)
     graph_k = FLAGS.graph_k if mplp == "graph" else 0
     bank = memory.MemoryBank(num_slots, dim, dtype=dtype, graph_k=graph_k)
     _fill_bank(bank, seed=0)
@@ -109,7 +117,7 @@ def _run_one(case: str) -> dict:
 
     def batch():
         # Slots of whole clusters, as a PK batch would hold them.
-        clusters = rng.choice(num_slots // 8, FLAGS.batch_size // 4, replace=False)
+        clusters = rng.choice(num_slots // 8, batch_size // 4, replace=False)
         indices = (clusters[:, None] * 8 + np.arange(4)[None, :]).reshape(-1)
         rows = bank.numpy()[indices] if num_slots <= 100_000 else np.asarray(
             tf.cast(tf.gather(bank.variable, indices), tf.float32))
@@ -194,9 +202,8 @@ def main(argv):
     if FLAGS.mplp_agreement:
         _mplp_agreement(FLAGS.mplp_agreement)
         return
-    print(f"CPU, global batch {FLAGS.batch_size}, MPLP graph k {FLAGS.graph_k}; median of "
-          f"{FLAGS.steps} steps after one untimed")
-    print(f"{'N':>9} {'d':>5} {'dtype':>9} {'mplp':>6} {'s/step':>8} {'bank GiB':>9} "
+    print(f"CPU, MPLP graph k {FLAGS.graph_k}; median of {FLAGS.steps} steps after one untimed")
+    print(f"{'N':>9} {'d':>5} {'dtype':>9} {'mplp':>6} {'B':>4} {'s/step':>8} {'bank GiB':>9} "
           f"{'peak GiB':>9} {'positives':>10}", flush=True)
     for case in FLAGS.cases:
         command = [sys.executable, os.path.abspath(__file__), f"--one={case}",
@@ -204,14 +211,13 @@ def main(argv):
                    f"--steps={FLAGS.steps}"]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-        num_slots, dim, dtype, mplp = case.split(":")
+        num_slots, dim, dtype, mplp, batch_size = _parse(case)
+        row = f"{num_slots:>9,} {dim:>5} {dtype:>9} {mplp:>6} {batch_size:>4}"
         if done.returncode:
-            last = (done.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"{int(num_slots):>9,} {dim:>5} {dtype:>9} {mplp:>6} failed: {last}",
-                  flush=True)
+            print(f"{row} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
             continue
         result = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{int(num_slots):>9,} {dim:>5} {dtype:>9} {mplp:>6} {result['seconds']:>8.3f} "
+        print(f"{row} {result['seconds']:>8.3f} "
               f"{result['bank_gib']:>9.2f} {result['peak_gib']:>9.2f} "
               f"{result['positives']:>10.1f}", flush=True)
     _print_bank_sizes()
