@@ -150,7 +150,8 @@ class MemoryBank(tf.Module):
 
     With `graph_k` > 0 the bank also holds `neighbours`, the kNN graph MPLP's cycle check
     reads instead of ranking the candidates against the whole bank; `refresh_neighbours`
-    recomputes it (between epochs). It is not checkpointed.
+    recomputes it (between epochs), and `update` recomputes the lists of the slots it
+    writes. It is not checkpointed.
 
     Attributes:
         variable: the non-trainable (num_slots, dim) tf.Variable 'memory_bank' of `dtype`.
@@ -217,7 +218,8 @@ class MemoryBank(tf.Module):
     def update(self, features: tf.Tensor, indices: tf.Tensor, alpha: float | tf.Tensor) -> None:
         """Running-average write M[i] <- l2norm(alpha * M[i] + (1 - alpha) * f) (spec §4).
 
-        Computed in float32 from the stored rows, then cast to the storage dtype.
+        Computed in float32 from the stored rows, then cast to the storage dtype. With a kNN
+        graph, the written slots' neighbour lists are recomputed from the updated bank.
 
         Callable with no strategy, in cross-replica context, or in the replica context of
         `strategy.run`: there the features and indices of all replicas are all-gathered
@@ -244,3 +246,9 @@ class MemoryBank(tf.Module):
         # mirrored variables.
         self.variable.scatter_update(tf.IndexedSlices(tf.cast(rows, self.variable.dtype),
                                                       indices))
+        if self.neighbours is not None:
+            # The written slots' lists, from the bank after the write (so each is led by its
+            # slot): every list is then as recent as its slot's row. One more (B, N) product.
+            lists = tf.math.top_k(similarities(rows, self.variable),
+                                  k=self.neighbours.shape[1]).indices
+            self.neighbours.scatter_update(tf.IndexedSlices(tf.cast(lists, tf.int64), indices))

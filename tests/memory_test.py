@@ -159,6 +159,11 @@ def test_refresh_neighbours_lists_nearest_slots_self_first():
     np.testing.assert_array_equal(bank.neighbours.numpy(), [[0, 1], [1, 0], [2, 3], [3, 2]])
     # Not part of what train checkpoints (the variable alone), and rebuilt each MPLP epoch.
     assert not bank.neighbours.trainable
+    # A write recomputes the written slot's list only: slot 3 moves to 4 degrees, nearest 0;
+    # slot 1 (10 degrees) keeps its older list although 3 is now its nearest.
+    bank.update(tf.constant([[np.cos(np.radians(4.0)), np.sin(np.radians(4.0))]]),
+                tf.constant([3]), 0.0)
+    np.testing.assert_array_equal(bank.neighbours.numpy(), [[0, 1], [1, 0], [2, 3], [3, 0]])
 
 
 def test_cross_replica_concat_rejects_int32():
