@@ -131,8 +131,15 @@ def test_narrow_bank_stores_narrow_and_computes_in_float32(dtype, monkeypatch):
     tolerance = 1e-2 if dtype == "bfloat16" else 1e-3
     # Blocks of 3 rows (the last one short), so that the blocked float32 cast is exercised.
     monkeypatch.setattr(memory, "_CAST_BLOCK_ELEMENTS", 24)
-    logits = memory.similarities(features, narrow.variable)
+    watched = tf.constant(features, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(watched)
+        logits = memory.similarities(watched, narrow.variable)
+        total = tf.reduce_sum(logits)
     assert logits.dtype == tf.float32 and logits.shape == (5, 40)
+    # d(sum of logits)/d(features) = the sum of the stored rows, through the blocked loop.
+    np.testing.assert_allclose(tape.gradient(total, watched).numpy(),
+                               np.tile(narrow.numpy().sum(axis=0), (5, 1)), rtol=1e-5, atol=1e-5)
     # Exactly the float32 products of the stored (rounded) rows, within float32 rounding ...
     np.testing.assert_allclose(logits.numpy(), features @ narrow.numpy().T, rtol=1e-6, atol=1e-6)
     # ... and close to those of a float32 bank.
