@@ -122,8 +122,9 @@ class LossConfig:
     memory_dtype: str = _field("float32", "Storage dtype of the memory bank; reads and updates "
                                "are computed in float32.", ("float32", "bfloat16", "float16"))
     mplp_graph_k: int = _field(0, "MPLP cycle check on a kNN graph of the memory with this many "
-                               "neighbours per slot (itself included), refreshed at the start of "
-                               "every MPLP epoch; 0 = exact ranks against the whole bank.")
+                               "neighbours per slot (itself included), recomputed at the start of "
+                               "every MPLP epoch and for the slots each step writes; 0 = exact "
+                               "ranks against the whole bank.")
 
 
 @dataclasses.dataclass(frozen=True)
