@@ -112,7 +112,10 @@ def _run_one(case: str) -> dict:
                                        memory=bank.variable, options=options,
                                        memory_targets="mplp", neighbours=bank.neighbours)
         gradient = tape.gradient(out["loss"], features)
-        bank.update(out["embedded"], indices, 0.25)
+        # After the gradient, the last reader of the bank: a write while a read of it is alive
+        # makes TensorFlow copy the whole bank first.
+        with tf.control_dependencies([gradient]):
+            bank.update(out["embedded"], indices, 0.25)
         return out["loss"], out["positives"], tf.reduce_sum(gradient)
 
     def batch():

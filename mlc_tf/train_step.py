@@ -220,8 +220,10 @@ class Learner:
             self.classifier_optimizer.apply_gradients(
                 zip(gradients[num_backbone + num_head:], self.classifier.trainable_variables))
         if targets != "none":
-            # The objective read the memory before this write.
-            self.memory.update(objective["embedded"], indices, alpha)
+            # The objective read the memory before this write; after the gradients, the last
+            # readers of that read, or TensorFlow copies the whole bank to write it.
+            with tf.control_dependencies(gradients):
+                self.memory.update(objective["embedded"], indices, alpha)
         stats = {name: objective[name] for name in STAT_NAMES}
         if targets == "mplp" and self._slot_pids is not None:
             counts = diagnostics.mplp_counts(objective["targets"], indices, self._slot_pids)
