@@ -217,7 +217,8 @@ def main(argv):
         num_slots, dim, dtype, mplp, batch_size = _parse(case)
         row = f"{num_slots:>9,} {dim:>5} {dtype:>9} {mplp:>6} {batch_size:>4}"
         if done.returncode:
-            print(f"{row} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
+            errors = [line for line in done.stderr.splitlines() if "Error" in line] or ["?"]
+            print(f"{row} failed (exit {done.returncode}): {errors[-1]}", flush=True)
             continue
         result = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{row} {result['seconds']:>8.3f} "
