@@ -122,8 +122,7 @@ def _run_one(case: str) -> dict:
         # Slots of whole clusters, as a PK batch would hold them.
         clusters = rng.choice(num_slots // 8, batch_size // 4, replace=False)
         indices = (clusters[:, None] * 8 + np.arange(4)[None, :]).reshape(-1)
-        rows = bank.numpy()[indices] if num_slots <= 100_000 else np.asarray(
-            tf.cast(tf.gather(bank.variable, indices), tf.float32))
+        rows = np.asarray(tf.cast(tf.gather(bank.variable, indices), tf.float32))
         features = rows + 0.3 * rng.normal(size=rows.shape)
         features /= np.linalg.norm(features, axis=1, keepdims=True)
         return tf.constant(features, tf.float32), tf.constant(indices, tf.int64)
