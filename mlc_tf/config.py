@@ -129,6 +129,12 @@ class LossConfig:
         False, "Not in the paper: MPLP ranks the memory with each camera's mean row subtracted "
         "(rows re-normalised), so that its positives are not the other people one camera sees "
         "when camera style dominates the features; MMCL's logits still use the plain memory.")
+    memory_dtype: str = _field("float32", "Storage dtype of the memory bank; reads and updates "
+                               "are computed in float32.", ("float32", "bfloat16", "float16"))
+    mplp_graph_k: int = _field(0, "MPLP cycle check on a kNN graph of the memory with this many "
+                               "neighbours per slot (itself included), recomputed at the start of "
+                               "every MPLP epoch and for the slots each step writes; 0 = exact "
+                               "ranks against the whole bank.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +247,9 @@ def validate(config: Config) -> None:
         (not data.camstyle or data.dataset in ("market1501", "dukemtmc"),
          f"camstyle needs --dataset=market1501 or dukemtmc (ECN's bounding_box_train_camstyle/); "
          f"the {data.dataset} dataset has no CamStyle images; set --camstyle=false"),
+        # The graph holds neighbours of the plain bank, not of the camera-centred one.
+        (not (config.loss.mplp_camera_normalize and config.loss.mplp_graph_k),
+         "mplp_camera_normalize needs the exact MPLP check: set --mplp_graph_k=0"),
     ]
     for ok, message in checks:
         if not ok:

@@ -32,7 +32,8 @@ def one_hot_targets(indices: tf.Tensor, num_slots: int) -> tf.Tensor:
 
 def mplp_targets(memory: tf.Tensor, indices: tf.Tensor, *, threshold: float = 0.6,
                  min_candidates: int = 10, max_candidates: int = 64,
-                 second_candidate_quirk: bool = True) -> tf.Tensor:
+                 second_candidate_quirk: bool = True,
+                 neighbours: tf.Tensor | None = None) -> tf.Tensor:
     """Memory-based positive label prediction, as the MMCL code does it (spec §5.1, A21).
 
     For anchor slot i with similarities s = M[i]·Mᵀ ranked descending into R_i:
@@ -52,18 +53,31 @@ def mplp_targets(memory: tf.Tensor, indices: tf.Tensor, *, threshold: float = 0.
     Static shapes: only R_i[0:max_candidates] is examined. A row whose candidates all pass
     gets count = min(n_above, max_candidates), so on real data with very dense
     neighbourhoods positives are capped at max_candidates; otherwise the result is
-    exactly MMCL's. Candidates j >= n_above cannot change the count and are never checked,
-    and the scan stops once every row has failed, so the loop runs at most
-    min(max_candidates, max n_above) times, each a (B, D) x (D, N) matmul. Ties in
-    similarity may shift positions by one compared with a sort-based implementation.
+    exactly MMCL's. Ties in similarity may shift positions by one compared with a
+    sort-based implementation.
+
+    The cycle check, exact (neighbours None): candidates j >= n_above cannot change the
+    count and are never checked, and the scan stops once every row has failed, so the
+    loop runs at most min(max_candidates, max n_above) times, each a (B, D) x (D, N)
+    matmul: B·width·N·D multiply-adds per call, with (B, N) the largest intermediate.
+
+    The cycle check on a kNN graph (neighbours (N, k_graph), each row a slot's nearest
+    slots, itself first): i's position in c's ranking is its position in neighbours[c].
+    Where i is absent, the check fails if K + 1 <= k_graph (i is then surely beyond the
+    top K+1) and passes otherwise (the graph does not reach that far). With a graph of the
+    current memory and k_graph > max K this is the exact result; costs are B·N·D for the
+    anchors' ranking plus B·width·k_graph.
 
     Args:
-        memory: (N, D) float32 memory bank, N static; treated as a constant.
+        memory: (N, D) memory bank of any float dtype, N static; treated as a constant and
+            read in float32.
         indices: (B,) integer anchor slots.
         threshold: similarity threshold t (strict >).
         min_candidates: at least this many candidates define K (MMCL: 10).
         max_candidates: static cap on examined candidates, at least 2.
         second_candidate_quirk: reproduce MMCL's auto-accepted second candidate.
+        neighbours: optional (N, k_graph) integer kNN graph of the memory for the cycle
+            check; None ranks the candidates against the whole bank.
 
     Returns:
         (B, N) float32 multi-hot targets in {0, 1}.
@@ -73,17 +87,37 @@ def mplp_targets(memory: tf.Tensor, indices: tf.Tensor, *, threshold: float = 0.
     """
     if max_candidates < 2:
         raise ValueError(f"max_candidates must be at least 2, got {max_candidates}")
-    memory = tf.stop_gradient(tf.convert_to_tensor(memory, tf.float32))
+    memory = tf.stop_gradient(tf.convert_to_tensor(memory))
     num_slots = memory.shape[0]
     if num_slots is None:
         raise ValueError(f"memory needs a static number of slots, got shape {memory.shape}")
     width = min(max_candidates, num_slots)
     indices = tf.cast(indices, tf.int32)
 
-    anchor_sims = tf.matmul(tf.gather(memory, indices), memory, transpose_b=True)
+    anchor_sims = memory_lib.similarities(memory_lib.read_rows(memory, indices), memory)
     num_above = tf.reduce_sum(tf.cast(anchor_sims > threshold, tf.int32), axis=1)
     num_checked = tf.maximum(num_above, min_candidates)  # K
     candidates = tf.math.top_k(anchor_sims, k=width).indices  # R_i[0:width], (B, width)
+    if neighbours is None:
+        first_failure = _first_failure_exact(memory, indices, candidates, num_above,
+                                             num_checked)
+    else:
+        first_failure = _first_failure_on_graph(neighbours, indices, candidates, num_above,
+                                                num_checked)
+    if second_candidate_quirk:
+        first_failure = tf.maximum(first_failure, 2)
+    count = tf.minimum(tf.minimum(first_failure, num_above), width)
+
+    positive = tf.range(width)[None, :] < count[:, None]
+    rows = tf.broadcast_to(tf.range(tf.shape(indices)[0])[:, None], tf.shape(candidates))
+    coordinates = tf.stack([rows, candidates], axis=-1)
+    return tf.tensor_scatter_nd_max(one_hot_targets(indices, num_slots), coordinates,
+                                    tf.cast(positive, tf.float32))
+
+
+def _first_failure_exact(memory, indices, candidates, num_above, num_checked):
+    """(B,) first failing candidate position (width if none), ranking against the bank."""
+    width = candidates.shape[1]
     no_failure = tf.fill(tf.shape(indices), width)
 
     def still_checking(j, first_failure):
@@ -91,7 +125,8 @@ def mplp_targets(memory: tf.Tensor, indices: tf.Tensor, *, threshold: float = 0.
         return tf.reduce_any((first_failure == width) & (j < num_above))
 
     def check_candidate(j, first_failure):
-        candidate_sims = tf.matmul(tf.gather(memory, candidates[:, j]), memory, transpose_b=True)
+        candidate_sims = memory_lib.similarities(
+            memory_lib.read_rows(memory, candidates[:, j]), memory)
         # The anchor's similarity taken from the same product, so it never outranks itself.
         to_anchor = tf.gather(candidate_sims, indices, batch_dims=1)
         position = tf.reduce_sum(tf.cast(candidate_sims > to_anchor[:, None], tf.int32), axis=1)
@@ -102,15 +137,24 @@ def mplp_targets(memory: tf.Tensor, indices: tf.Tensor, *, threshold: float = 0.
     # later candidates are not accepted (count 2), as in MMCL's loop.
     _, first_failure = tf.while_loop(still_checking, check_candidate,
                                      (tf.constant(0), no_failure), maximum_iterations=width)
-    if second_candidate_quirk:
-        first_failure = tf.maximum(first_failure, 2)
-    count = tf.minimum(tf.minimum(first_failure, num_above), width)
+    return first_failure
 
-    positive = tf.range(width)[None, :] < count[:, None]
-    rows = tf.broadcast_to(tf.range(tf.shape(indices)[0])[:, None], tf.shape(candidates))
-    coordinates = tf.stack([rows, candidates], axis=-1)
-    return tf.tensor_scatter_nd_max(one_hot_targets(indices, num_slots), coordinates,
-                                    tf.cast(positive, tf.float32))
+
+def _first_failure_on_graph(neighbours, indices, candidates, num_above, num_checked):
+    """(B,) first failing candidate position (width if none), reading the kNN graph."""
+    width = candidates.shape[1]
+    graph_k = neighbours.shape[1]
+    candidate_lists = tf.gather(neighbours, candidates)  # (B, width, k_graph)
+    is_anchor = tf.equal(candidate_lists, tf.cast(indices, candidate_lists.dtype)[:, None, None])
+    found = tf.reduce_any(is_anchor, axis=2)
+    position = tf.argmax(tf.cast(is_anchor, tf.int32), axis=2, output_type=tf.int32)
+    # Absent from a list that covers the top K+1: surely beyond it. Otherwise unknown: passes.
+    covered = (num_checked + 1 <= graph_k)[:, None]
+    passed = tf.where(found, position <= num_checked[:, None], ~covered)
+    # Only candidates before n_above can change the count.
+    failed = ~passed & (tf.range(width)[None, :] < num_above[:, None])
+    return tf.where(tf.reduce_any(failed, axis=1),
+                    tf.argmax(tf.cast(failed, tf.int32), axis=1, output_type=tf.int32), width)
 
 
 def mmcl_loss(logits: tf.Tensor, targets: tf.Tensor, *, hard_negative_ratio: float = 0.01,
@@ -228,8 +272,8 @@ def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
                   classifier: Callable[[tf.Tensor], tf.Tensor] | None = None,
                   labels: tf.Tensor | None = None,
                   gather: Callable[[tf.Tensor], tf.Tensor] = lambda t: t,
-                  average: Callable[[tf.Tensor], tf.Tensor] = tf.reduce_mean
-                  ) -> dict[str, tf.Tensor]:
+                  average: Callable[[tf.Tensor], tf.Tensor] = tf.reduce_mean,
+                  neighbours: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
     """The MLC loss of one batch: MMCL on the memory, then CE + triplet on (pseudo) labels.
 
     Which feature feeds which loss (spec §3, §5, §6.5): the L2-normalised BN-neck feature is
@@ -244,7 +288,8 @@ def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
         neck: (B, D) BN-neck features of the local batch.
         pooled: (B, D) pooled features before the neck.
         indices: (B,) memory slots of the batch.
-        memory: (N, D) memory bank, read as a constant; None with memory_targets 'none'.
+        memory: (N, D) memory bank of any float dtype, read as a float32 constant; None
+            with memory_targets 'none'.
         options: a config.LossConfig (thresholds, ratios, weights, triplet options).
         memory_targets: 'one_hot' (own slot), 'mplp' (MPLP labels) or 'none' (no memory loss).
         label_memory: (N, D) bank MPLP ranks to predict the positives; default `memory`
@@ -254,6 +299,8 @@ def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
         gather: concatenates a local tensor over all replicas (triplet mining over the
             global batch); the identity on one replica.
         average: per-example (B,) losses -> scalar (e.g. compute_average_loss).
+        neighbours: (N, k_graph) kNN graph of the memory for MPLP's cycle check, or None
+            for the exact check (see mplp_targets).
 
     Returns:
         {'loss', 'mmcl', 'ce', 'triplet', 'positives'} scalars, 'embedded' (B, D) (the
@@ -277,14 +324,15 @@ def mlc_objective(*, neck: tf.Tensor, pooled: tf.Tensor, indices: tf.Tensor,
     result = {"mmcl": zero, "ce": zero, "triplet": zero, "positives": zero,
               "embedded": embedded, "targets": None}
     if use_memory:
-        memory = tf.stop_gradient(tf.convert_to_tensor(memory, tf.float32))
+        memory = tf.stop_gradient(tf.convert_to_tensor(memory))
         logits = memory_lib.similarities(embedded, memory)
         if memory_targets == "mplp":
             targets = mplp_targets(memory if label_memory is None else label_memory, indices,
                                    threshold=options.mplp_threshold,
                                    min_candidates=options.mplp_min_candidates,
                                    max_candidates=options.mplp_max_candidates,
-                                   second_candidate_quirk=options.mplp_quirk)
+                                   second_candidate_quirk=options.mplp_quirk,
+                                   neighbours=neighbours)
         else:
             targets = one_hot_targets(indices, memory.shape[0])
         result["mmcl"] = average(mmcl_loss(logits, targets,

@@ -105,7 +105,8 @@ def build(config: config_lib.Config, strategy: tf.distribute.Strategy, num_train
                            if model_cfg.init_from else None),
             synchronized_bn=model_cfg.synchronized_bn and replicas > 1)
         memory = None if config.train.supervised else memory_lib.MemoryBank(
-            num_train, model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale))
+            num_train, model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale),
+            dtype=config.loss.memory_dtype, graph_k=config.loss.mplp_graph_k)
     if model_cfg.init_from:
         loaded = warm_start.load_initial_weights(model, model_cfg.init_from)
         logging.info("initial weights from %s (%d layers; %s, epoch %s)", loaded["checkpoint"],
@@ -211,7 +212,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
             return features_lib.extract_features(
                 cluster_embed, [s.path for s in data.train], image_size=config.data.image_size,
                 batch_size=config.data.eval_batch_size)
-        return learner.memory.variable.numpy()
+        return learner.memory.numpy()
 
     last_eval: dict = {}
 
@@ -243,6 +244,8 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                     pids if self_paced.identities_known(pids) else None,
                                     seed=train_cfg.seed + epoch, writer=writer)
         joint = plan.self_paced and clusters.num_classes > 0
+        if plan.targets == "mplp":
+            learner.refresh_mplp_graph(seed=train_cfg.seed + epoch)
         batches, steps = _epoch_dataset(config, data, epoch,
                                         clusters.labels.numpy() if joint else None,
                                         skip=len(trained))

@@ -11,7 +11,7 @@ from mlc_tf import diagnostics
 from mlc_tf import losses
 from mlc_tf import memory as memory_lib
 from mlc_tf import model as model_lib
-from mlc_tf.memory import MemoryBank
+from mlc_tf import memory as memory_lib
 
 # Per-step statistics returned by Learner.step, as global-batch means.
 STAT_NAMES = ("loss", "mmcl", "ce", "triplet", "positives")
@@ -39,7 +39,7 @@ class Learner:
     """
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
-                 memory: MemoryBank | None, *, loss: config_lib.LossConfig, lr: float,
+                 memory: memory_lib.MemoryBank | None, *, loss: config_lib.LossConfig, lr: float,
                  backbone_lr_mult: float, momentum: float, nesterov: bool, weight_decay: float,
                  jit_compile: bool = False, slot_pids=None, slot_cameras=None):
         """Builds the optimizers.
@@ -133,6 +133,14 @@ class Learner:
         # Steps closing over the previous classifier are stale.
         self._steps = {key: fn for key, fn in self._steps.items() if not key[1]}
 
+    def refresh_mplp_graph(self, seed: int = 0) -> None:
+        """Recomputes the memory's kNN graph for MPLP's cycle check; no-op without one.
+
+        Call it between epochs (outside the step), before the steps that use MPLP targets.
+        """
+        if self.memory is not None and self.memory.neighbours is not None:
+            self.memory.refresh_neighbours(seed=seed)
+
     def checkpoint_objects(self) -> dict:
         """{name: trackable} of everything the step trains or keeps, for checkpoints."""
         objects = {"model": self.model, "backbone_optimizer": self.backbone_optimizer,
@@ -203,9 +211,6 @@ class Learner:
         def average(per_example):
             return tf.nn.compute_average_loss(per_example, global_batch_size=global_size)
 
-        def gather(tensor):
-            return context.all_gather(tensor, axis=0)
-
         variables = self.backbone_variables + self.head_variables
         if joint:
             variables = variables + self.classifier.trainable_variables
@@ -217,7 +222,9 @@ class Learner:
                 options=self.loss, memory_targets=targets,
                 label_memory=self._label_memory() if targets == "mplp" else None,
                 classifier=self.classifier if joint else None,
-                labels=batch["label"] if joint else None, gather=gather, average=average)
+                labels=batch["label"] if joint else None,
+                gather=memory_lib.cross_replica_concat, average=average,
+                neighbours=None if self.memory is None else self.memory.neighbours)
         gradients = tape.gradient(objective["loss"], variables)
         # Coupled weight decay. The optimizers SUM gradients over replicas, so each replica
         # adds its 1/R share of wd * w.
@@ -233,8 +240,10 @@ class Learner:
             self.classifier_optimizer.apply_gradients(
                 zip(gradients[num_backbone + num_head:], self.classifier.trainable_variables))
         if targets != "none":
-            # The objective read the memory before this write.
-            self.memory.update(objective["embedded"], indices, alpha)
+            # The objective read the memory before this write; after the gradients, the last
+            # readers of that read, or TensorFlow copies the whole bank to write it.
+            with tf.control_dependencies(gradients):
+                self.memory.update(objective["embedded"], indices, alpha)
         stats = {name: objective[name] for name in STAT_NAMES}
         if targets == "mplp" and self._slot_pids is not None:
             counts = diagnostics.mplp_counts(objective["targets"], indices, self._slot_pids)

@@ -89,6 +89,7 @@ def test_json_round_trip(tmp_path):
     ({"max_alpha": 1.0}, "max_alpha"),
     ({"dataset_options": ["no_equals_sign"]}, "key=value"),
     ({"epochs": "60"}, "not int"),
+    ({"mplp_camera_normalize": True, "mplp_graph_k": 32}, "needs the exact MPLP check"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):

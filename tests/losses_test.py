@@ -64,6 +64,12 @@ def _clustered_memory(seed, num_slots=160, dim=12):
     return memory / np.linalg.norm(memory, axis=1, keepdims=True)
 
 
+def _graph(memory, graph_k):
+    """(N, graph_k) nearest slots of every slot by cosine similarity, itself first (NumPy)."""
+    sims = memory.astype(np.float64) @ memory.astype(np.float64).T
+    return np.argsort(-sims, axis=1, kind="stable")[:, :graph_k].astype(np.int64)
+
+
 class TestMplpTargets:
 
     @pytest.mark.parametrize("quirk", [True, False])
@@ -138,6 +144,55 @@ class TestMplpTargets:
         np.testing.assert_array_equal(
             compiled(memory, anchors).numpy(),
             losses.mplp_targets(memory, anchors, max_candidates=16).numpy())
+
+    @pytest.mark.parametrize("quirk", [True, False])
+    def test_graph_of_every_slot_equals_exact_on_worked_example(self, quirk):
+        memory = _angle_memory()
+        anchors = [_SLOT["A"], _SLOT["Q"], _SLOT["H0"]]
+        exact = losses.mplp_targets(memory, anchors, min_candidates=1,
+                                    second_candidate_quirk=quirk).numpy()
+        graph = losses.mplp_targets(memory, anchors, min_candidates=1,
+                                    second_candidate_quirk=quirk,
+                                    neighbours=_graph(memory, len(memory))).numpy()
+        np.testing.assert_array_equal(graph, exact)
+        assert _positives(graph[0]) == _slots("A", "B")
+
+    def test_graph_that_misses_the_anchor_fails_it_only_within_its_reach(self):
+        # Anchor A: K = 3 and candidate H3 ranks A at position 4 (see the worked example).
+        # A list of K + 1 = 4 slots covers the check: A absent, H3 fails, as exact MPLP.
+        anchor = [_SLOT["A"]]
+        covering = losses.mplp_targets(_angle_memory(), anchor, min_candidates=1,
+                                       neighbours=_graph(_angle_memory(), 4)).numpy()
+        assert _positives(covering[0]) == _slots("A", "B")
+        # A list of 3 does not reach position K: unknown, H3 passes (the documented deviation).
+        short = losses.mplp_targets(_angle_memory(), anchor, min_candidates=1,
+                                    neighbours=_graph(_angle_memory(), 3)).numpy()
+        assert _positives(short[0]) == _slots("A", "B", "H3")
+
+    @pytest.mark.parametrize("seed", [0, 2])
+    @pytest.mark.parametrize("quirk", [True, False])
+    @pytest.mark.parametrize("min_candidates", [1, 10])
+    def test_graph_covering_every_check_matches_reference_loop(self, seed, quirk,
+                                                               min_candidates):
+        memory = _clustered_memory(seed)
+        anchors = np.arange(len(memory))
+        infos = [_mplp_reference(memory, a, 0.6, min_candidates, quirk) for a in anchors]
+        # The shortest lists that still cover the top K+1 of every anchor's check.
+        graph_k = max(max(info["num_above"], min_candidates) for _, info in infos) + 1
+        assert graph_k < len(memory) // 2
+        targets = losses.mplp_targets(memory, anchors, min_candidates=min_candidates,
+                                      max_candidates=len(memory), second_candidate_quirk=quirk,
+                                      neighbours=_graph(memory, graph_k)).numpy()
+        for anchor, (expected, _) in zip(anchors, infos):
+            np.testing.assert_array_equal(targets[anchor], expected, err_msg=f"anchor {anchor}")
+
+    def test_narrow_memory_is_read_in_float32(self):
+        memory = _clustered_memory(1, num_slots=40)
+        rounded = tf.cast(tf.cast(memory, tf.bfloat16), tf.float32)
+        anchors = tf.constant([0, 5, 17, 39])
+        np.testing.assert_array_equal(
+            losses.mplp_targets(tf.cast(memory, tf.bfloat16), anchors).numpy(),
+            losses.mplp_targets(rounded, anchors).numpy())
 
     def test_rejects_tiny_cap(self):
         with pytest.raises(ValueError, match="max_candidates"):
@@ -422,3 +477,42 @@ def test_mlc_objective_rejects_inconsistent_arguments():
     with pytest.raises(ValueError, match="classifier"):
         losses.mlc_objective(**{**case, "classifier": None}, options=_options(),
                              memory_targets="one_hot")
+
+
+def _largest_intermediate(concrete_function):
+    """Most elements of any tensor a traced function (and its loop bodies) produces."""
+    graph = concrete_function.graph
+    # Loop bodies and conditions are separate function graphs in the traced graph's library
+    # (a private attribute: TensorFlow has no public way to reach them).
+    graphs = [graph] + [function.graph for function in graph._functions.values()]
+    largest = 0
+    for each in graphs:
+        for op in each.get_operations():
+            for output in op.outputs:
+                if output.shape.rank is not None and None not in output.shape.as_list():
+                    largest = max(largest, output.shape.num_elements())
+    return largest
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("graph_k", [0, 32])
+def test_mlc_step_intermediates_grow_as_batch_times_slots_not_slots_squared(dtype, graph_k):
+    from mlc_tf import memory as memory_lib
+    num_slots, dim, batch = 2048, 8, 4
+    bank = memory_lib.MemoryBank(num_slots, dim, dtype=dtype, graph_k=graph_k)
+    options = _options(hard_negative_ratio=0.01)
+
+    @tf.function
+    def objective_and_update(neck, indices):
+        out = losses.mlc_objective(neck=neck, pooled=neck, indices=indices,
+                                   memory=bank.variable, options=options,
+                                   memory_targets="mplp", neighbours=bank.neighbours)
+        bank.update(out["embedded"], indices, 0.5)
+        return out["loss"]
+
+    traced = objective_and_update.get_concrete_function(
+        tf.TensorSpec([batch, dim], tf.float32), tf.TensorSpec([batch], tf.int64))
+    # B x N logits and targets, the N x D bank, B x width x k_graph graph lists: never N x N
+    # (4.2 M elements here) nor B x width x N (0.5 M).
+    assert _largest_intermediate(traced) == max(batch * num_slots, num_slots * dim,
+                                                batch * 64 * graph_k)

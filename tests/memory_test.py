@@ -63,6 +63,8 @@ def test_camera_centred_matches_the_clustering_centring():
     cameras = np.array([0, 1, 0, 2, 1, 2, 0])
     centred = memory.camera_centred(tf.constant(rows), tf.constant(cameras), 3).numpy()
     np.testing.assert_allclose(centred, self_paced.camera_normalized(rows, cameras), atol=1e-6)
+    narrow = memory.camera_centred(tf.constant(rows, tf.bfloat16), tf.constant(cameras), 3)
+    assert narrow.dtype == tf.float32
     # Each camera's rows had its mean removed: a plain renormalisation would keep them apart.
     assert np.abs(centred - rows / np.linalg.norm(rows, axis=1, keepdims=True)).max() > 0.1
 
@@ -118,6 +120,87 @@ def test_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(restored.variable.numpy(), bank.variable.numpy())
 
 
+
+def test_bank_rejects_bad_dtype_and_graph_k():
+    with pytest.raises(ValueError, match="memory dtype 'int8'"):
+        memory.MemoryBank(3, 2, dtype="int8")
+    with pytest.raises(ValueError, match="graph_k must be in"):
+        memory.MemoryBank(3, 2, graph_k=4)
+    with pytest.raises(ValueError, match="no kNN graph"):
+        memory.MemoryBank(3, 2).refresh_neighbours()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_narrow_bank_stores_narrow_and_computes_in_float32(dtype, monkeypatch):
+    rng = np.random.default_rng(0)
+    initial = _normalise(rng.normal(size=(40, 8)))
+    features = _normalise(rng.normal(size=(5, 8)))
+    indices = np.array([3, 39, 0, 17, 8])
+    narrow, wide = memory.MemoryBank(40, 8, dtype=dtype), memory.MemoryBank(40, 8)
+    narrow.variable.assign(initial.astype(dtype))
+    wide.variable.assign(initial)
+    assert narrow.variable.dtype == tf.as_dtype(dtype) and narrow.numpy().dtype == np.float32
+    # Rows rounded once when stored: about 3 (bfloat16) or 4 (float16) significant digits.
+    tolerance = 1e-2 if dtype == "bfloat16" else 1e-3
+    # Blocks of 3 rows (the last one short), so that the blocked float32 cast is exercised.
+    monkeypatch.setattr(memory, "_CAST_BLOCK_ELEMENTS", 24)
+    watched = tf.constant(features, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(watched)
+        logits = memory.similarities(watched, narrow.variable)
+        total = tf.reduce_sum(logits)
+    assert logits.dtype == tf.float32 and logits.shape == (5, 40)
+    # d(sum of logits)/d(features) = the sum of the stored rows, through the blocked loop.
+    np.testing.assert_allclose(tape.gradient(total, watched).numpy(),
+                               np.tile(narrow.numpy().sum(axis=0), (5, 1)), rtol=1e-5, atol=1e-5)
+    # Exactly the float32 products of the stored (rounded) rows, within float32 rounding ...
+    np.testing.assert_allclose(logits.numpy(), features @ narrow.numpy().T, rtol=1e-6, atol=1e-6)
+    # ... and close to those of a float32 bank.
+    np.testing.assert_allclose(logits.numpy(), memory.similarities(features, wide.variable),
+                               atol=tolerance)
+    narrow.update(features, indices, 0.3)
+    wide.update(features, indices, 0.3)
+    assert narrow.variable.dtype == tf.as_dtype(dtype)
+    np.testing.assert_allclose(narrow.numpy(), wide.numpy(), atol=tolerance)
+    # The update is computed in float32 from the stored rows, then rounded once.
+    expected = narrow.numpy().copy()
+    stored = initial.astype(dtype).astype(np.float32)
+    expected[indices] = _normalise(0.3 * stored[indices] + 0.7 * features)
+    np.testing.assert_array_equal(narrow.numpy(), expected.astype(dtype).astype(np.float32))
+
+
+def test_refresh_neighbours_lists_nearest_slots_self_first():
+    # Four unit rows at angles 0, 10, 90 and 95 degrees.
+    angles = np.radians([0.0, 10.0, 90.0, 95.0])
+    bank = memory.MemoryBank(4, 2, graph_k=2)
+    bank.variable.assign(np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32))
+    assert bank.neighbours.dtype == tf.int64 and bank.neighbours.shape == (4, 2)
+    bank.refresh_neighbours(backend="exact")
+    np.testing.assert_array_equal(bank.neighbours.numpy(), [[0, 1], [1, 0], [2, 3], [3, 2]])
+    # Not part of what train checkpoints (the variable alone), and rebuilt each MPLP epoch.
+    assert not bank.neighbours.trainable
+    # A write recomputes the written slot's list only: slot 3 moves to 4 degrees, nearest 0;
+    # slot 1 (10 degrees) keeps its older list although 3 is now its nearest.
+    bank.update(tf.constant([[np.cos(np.radians(4.0)), np.sin(np.radians(4.0))]]),
+                tf.constant([3]), 0.0)
+    np.testing.assert_array_equal(bank.neighbours.numpy(), [[0, 1], [1, 0], [2, 3], [3, 0]])
+
+
+def test_cross_replica_concat_rejects_int32():
+    with pytest.raises(TypeError, match="int32.*int64"):
+        memory.cross_replica_concat(tf.constant([1, 2], tf.int32))
+    assert memory.cross_replica_concat(tf.constant([1, 2], tf.int64)).dtype == tf.int64
+
+
+def test_bfloat16_checkpoint_round_trip(tmp_path):
+    bank = memory.MemoryBank(3, 2, dtype="bfloat16")
+    bank.variable.assign(_normalise([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]]).astype("bfloat16"))
+    path = tf.train.Checkpoint(memory=bank.variable).save(str(tmp_path / "ckpt"))
+    restored = memory.MemoryBank(3, 2, dtype="bfloat16")
+    tf.train.Checkpoint(memory=restored.variable).restore(path).assert_consumed()
+    assert restored.variable.dtype == tf.bfloat16
+    np.testing.assert_array_equal(restored.numpy(), bank.numpy())
+
 # Runs in its own process: logical devices must be configured before any TF op, and one
 # MirroredStrategy per process avoids collective-op clashes.
 _MIRRORED_SCRIPT = textwrap.dedent("""
@@ -154,7 +237,7 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
     @tf.function
     def replica_step(features, indices):
         bank.update(features, indices, alpha)
-        return memory.cross_replica_concat(indices)
+        return memory.cross_replica_concat(tf.cast(indices, tf.int64))
 
     gathered = strategy.run(replica_step, args=(local(features), local(indices)))
     # Cross-replica context: update the whole global batch at once.

@@ -1,5 +1,11 @@
 """Tests for mlc_tf.train_step: weight decay, what the memory is written from, the classifier."""
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -196,3 +202,68 @@ def test_mplp_camera_normalize_predicts_positives_from_the_centred_memory():
     # Centred, only the same identity in the other camera is left: precision 1, recall 1.
     assert float(stats["positives"]) == pytest.approx(2.0)
     assert float(stats["mplp_true_positive"]) == float(stats["mplp_predicted"]) == 1.0
+
+
+# Runs in its own process: logical devices must be configured before any TF op.
+_COLLECTIVES_SCRIPT = textwrap.dedent("""
+    import json
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    from mlc_tf import config as config_lib, train_step
+    from mlc_tf.memory import MemoryBank
+
+    # Every tensor handed to a replica-context collective, by dtype, as the step traces.
+    seen = []
+    for name in ("all_gather", "all_reduce"):
+        original = getattr(tf.distribute.ReplicaContext, name)
+        def recording(self, *args, _original=original, _name=name, **kwargs):
+            value = args[1] if _name == "all_reduce" else args[0]
+            seen.extend(f"{_name}:{t.dtype.name}" for t in tf.nest.flatten(value))
+            return _original(self, *args, **kwargs)
+        setattr(tf.distribute.ReplicaContext, name, recording)
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    keras.utils.set_random_seed(0)
+    with strategy.scope():
+        images = keras.Input((2, 2, 3))
+        pooled = keras.layers.Dense(4, name="dense")(keras.layers.Flatten()(images))
+        neck = keras.layers.BatchNormalization(name="bn_neck")(pooled)
+        model = keras.Model(images, {"pooled": pooled, "neck": neck})
+        memory = MemoryBank(8, 4, dtype="bfloat16", graph_k=4)
+    rows = np.random.default_rng(0).normal(size=(8, 4))
+    memory.variable.assign((rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype("bfloat16"))
+    learner = train_step.Learner(strategy, model, memory, loss=config_lib.LossConfig(),
+                                 lr=0.1, backbone_lr_mult=0.1, momentum=0.9, nesterov=True,
+                                 weight_decay=5e-4, slot_pids=np.arange(8) // 2)
+    learner.refresh_mplp_graph()
+    learner.new_classifier(2, seed=0)
+    batch = {"image": np.random.default_rng(1).uniform(0, 255, (4, 2, 2, 3)).astype("f4"),
+             "index": np.array([0, 2, 4, 6], np.int32), "label": np.array([0, 0, 1, 1], np.int32)}
+    dataset = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))
+    losses = {}
+    for targets, joint in (("one_hot", False), ("mplp", False), ("mplp", True)):
+        stats = learner.step(next(iter(dataset)), 0.5, targets=targets, joint=joint)
+        losses[f"{targets}/{joint}"] = float(stats["loss"])
+    copies = [np.asarray(v.numpy(), np.float32) for v in memory.variable.values]
+    print(json.dumps({"seen": sorted(set(seen)), "losses": losses,
+                      "bank_dtype": memory.variable.dtype.name,
+                      "copies_equal": bool(np.array_equal(copies[0], copies[1]))}))
+""")
+
+
+def test_collectives_of_a_two_replica_step_take_no_int32():
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    completed = subprocess.run([sys.executable, "-c", _COLLECTIVES_SCRIPT], capture_output=True,
+                               text=True, env=env, timeout=300, check=False)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    # NCCL on GPUs takes no int32 (TensorFlow keeps int32 in host memory there).
+    assert not [entry for entry in result["seen"] if entry.endswith(":int32")], result["seen"]
+    # The recording saw the step's gathers and reductions: features, indices, labels, counts.
+    assert {"all_gather:float32", "all_gather:int64", "all_reduce:int64"} <= set(result["seen"])
+    assert all(np.isfinite(list(result["losses"].values())))
+    assert result["bank_dtype"] == "bfloat16" and result["copies_equal"]
