@@ -11,7 +11,6 @@ from mlc_tf import diagnostics
 from mlc_tf import losses
 from mlc_tf import memory as memory_lib
 from mlc_tf import model as model_lib
-from mlc_tf import memory as memory_lib
 
 # Per-step statistics returned by Learner.step, as global-batch means.
 STAT_NAMES = ("loss", "mmcl", "ce", "triplet", "positives")

@@ -447,7 +447,9 @@ def _summary_scalars(folder):
     for path in sorted(folder.iterdir()):
         for event in tf.compat.v1.train.summary_iterator(str(path)):
             for value in event.summary.value:
-                scalars[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+                array = tf.make_ndarray(value.tensor)
+                if array.ndim == 0:  # not the cluster pictures
+                    scalars[(value.tag, event.step)] = float(array)
     return scalars
 
 
