@@ -184,10 +184,9 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
             batch_size=config.data.batch_size, workdir=workdir), flush=True)
     pids = np.array([s.pid for s in data.train])
     camids = np.array([s.camid for s in data.train])
+    known_pids = pids if self_paced.identities_known(pids) else None  # diagnostics only
     labels_from = self_paced.label_source(config, pids, camids)
-    learner = build(config, strategy, num_train,
-                    slot_pids=pids if self_paced.identities_known(pids) else None,
-                    slot_cameras=camids)
+    learner = build(config, strategy, num_train, slot_pids=known_pids, slot_cameras=camids)
     with strategy.scope():
         state = checkpointing.RunState()
         clusters = self_paced.ClusterState(num_train)
@@ -240,8 +239,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
             scalars.update(labelled.scalars)
             _log_round(epoch, labelled, config.data.batch_size, verbose)
             pictures.write_clusters(workdir, epoch + 1, [s.path for s in data.train],
-                                    labelled.labels,
-                                    pids if self_paced.identities_known(pids) else None,
+                                    labelled.labels, known_pids,
                                     seed=train_cfg.seed + epoch, writer=writer)
         joint = plan.self_paced and clusters.num_classes > 0
         if plan.targets == "mplp":

@@ -1,6 +1,10 @@
-"""Shared pytest setup: quiet TensorFlow logging before any test imports it; a tiny export."""
+"""Shared pytest setup: quiet TensorFlow logging before any test imports it; a tiny export;
+scripts run in a fresh CPU-only interpreter."""
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +33,18 @@ def tiny_export(tmp_path_factory):
     path = export.export_feature_extractor(network, str(root / "export"),
                                            image_size=TINY_IMAGE_SIZE, feature="pooled")
     return root, data_dir, dataset, network, path
+
+
+@pytest.fixture
+def run_json_script():
+    """Runs a Python script in a fresh CPU-only interpreter; returns its last stdout line as JSON.
+
+    The script must exit 0 (else the test fails with the end of its stderr).
+    """
+    def run(script: str, timeout: float) -> dict:
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+        completed = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                                   text=True, env=env, timeout=timeout, check=False)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run

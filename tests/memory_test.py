@@ -1,9 +1,5 @@
 """Tests for mlc_tf.memory: alpha schedule, bank reads and writes, MirroredStrategy update."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -253,12 +249,8 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_update_under_mirrored_strategy_writes_all_replicas_rows():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    completed = subprocess.run([sys.executable, "-c", _MIRRORED_SCRIPT], capture_output=True,
-                               text=True, env=env, timeout=240, check=False)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+def test_update_under_mirrored_strategy_writes_all_replicas_rows(run_json_script):
+    result = run_json_script(_MIRRORED_SCRIPT, timeout=240)
     assert result["replicas"] == 2
     indices = [9, 2, 14, 0, 5, 11, 3, 7]
     assert result["gathered"] == [indices, indices]

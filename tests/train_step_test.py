@@ -1,9 +1,5 @@
 """Tests for mlc_tf.train_step: weight decay, what the memory is written from, the classifier."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -255,12 +251,8 @@ _COLLECTIVES_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_collectives_of_a_two_replica_step_take_no_int32():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    completed = subprocess.run([sys.executable, "-c", _COLLECTIVES_SCRIPT], capture_output=True,
-                               text=True, env=env, timeout=300, check=False)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+def test_collectives_of_a_two_replica_step_take_no_int32(run_json_script):
+    result = run_json_script(_COLLECTIVES_SCRIPT, timeout=300)
     # NCCL on GPUs takes no int32 (TensorFlow keeps int32 in host memory there).
     assert not [entry for entry in result["seen"] if entry.endswith(":int32")], result["seen"]
     # The recording saw the step's gathers and reductions: features, indices, labels, counts.

@@ -98,18 +98,23 @@ def _step_worker(replicas: str, out: str):
         json.dump(results, handle)
 
 
+def _smoke_config(data_dir: str):
+    """configs/smoke.cfg on data_dir, without evaluations, as bin/train would parse it."""
+    from absl import flags
+    from mlc_tf import config as config_lib
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["smoke", f"--flagfile={SMOKE_CFG}", f"--data_dir={data_dir}", "--eval_every=0"])
+    return config_lib.from_flag_values(flag_values)
+
+
 def _smoke_worker(data_dir: str, root: str):
     """Smoke runs sharing one strategy: full, interrupted + resumed, mismatched, non-finite."""
     _start_tf(1)
     from mlc_tf import checkpointing, train
-    from mlc_tf import config as config_lib
     from mlc_tf.data import registry
-    from absl import flags
 
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(["smoke", f"--flagfile={SMOKE_CFG}", f"--data_dir={data_dir}", "--eval_every=0"])
-    config = config_lib.from_flag_values(flag_values)
+    config = _smoke_config(data_dir)
     strategy = train.make_strategy()
     report = {}
     full = os.path.join(root, "full")
@@ -383,15 +388,10 @@ def _interrupted_worker(data_dir: str, root: str):
     """The smoke run of _smoke_worker's 'full', stopped by SIGTERM three times and resumed."""
     _start_tf(1)
     import signal
-    from absl import flags
     from mlc_tf import checkpointing, train
-    from mlc_tf import config as config_lib
     from mlc_tf.data import registry
 
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(["smoke", f"--flagfile={SMOKE_CFG}", f"--data_dir={data_dir}", "--eval_every=0"])
-    config = config_lib.from_flag_values(flag_values)
+    config = _smoke_config(data_dir)
     strategy = train.make_strategy()
     stop_at = {"done": 0, "step": None}
     _sigterm_after_steps(stop_at)
