@@ -166,6 +166,9 @@ class ClusterConfig:
     knn_recall_floor: float = _field(
         0.9, "Least sampled recall@(k1+1) of approximate neighbours: below it the search is "
         "widened, then replaced by exact neighbours (0 only measures).")
+    reliability_gap: float = _field(
+        0.0, "Not in the paper: SpCL's cluster reliability criterion with DBSCAN also at eps "
+        "-/+ this gap (SpCL: 0.02); only independent clusters' compact cores are kept (0 = off).")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +241,11 @@ def validate(config: Config) -> None:
         (train.keep_checkpoints > 0, "keep_checkpoints must be positive"),
         (config.cluster.recluster_every > 0, "recluster_every must be positive"),
         (config.cluster.num_clusters > 1, "num_clusters must be > 1"),
+        (config.cluster.reliability_gap >= 0 and (
+            config.cluster.eps_mode == "rho" or config.cluster.reliability_gap == 0
+            or 0 < config.cluster.eps - config.cluster.reliability_gap
+            and config.cluster.eps + config.cluster.reliability_gap < 1),
+         "reliability_gap must be >= 0 with eps -/+ reliability_gap in (0, 1)"),
         (config.loss.warmup_epochs >= 0 and config.cluster.sc_start_epoch >= 0,
          "warmup_epochs and sc_start_epoch must be >= 0"),
         (0.0 <= config.loss.max_alpha < 1.0, "max_alpha must be in [0, 1)"),

@@ -35,6 +35,7 @@ def camera_normalized(features: np.ndarray, camids: np.ndarray) -> np.ndarray:
 
 def pseudo_labels(features: np.ndarray, cluster: config_lib.ClusterConfig, *, seed: int,
                   camids: np.ndarray | None = None, eps: float | None = None,
+                  independence: float | None = None,
                   verbose: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Clusters the training features with the configured clusterer.
 
@@ -45,6 +46,7 @@ def pseudo_labels(features: np.ndarray, cluster: config_lib.ClusterConfig, *, se
         seed: seed of approximate neighbours and k-means.
         eps: DBSCAN eps found by the rho rule in an earlier round; it is kept for the later
             rounds (spec §6.4). None in the first round.
+        independence: the reliability criterion's threshold from an earlier round, or None.
         verbose: per-stage timing lines.
 
     Returns:
@@ -69,6 +71,8 @@ def pseudo_labels(features: np.ndarray, cluster: config_lib.ClusterConfig, *, se
         options.update(k1=cluster.k1, k2=cluster.k2, min_samples=cluster.min_samples,
                        variant=cluster.jaccard_variant, knn_backend=cluster.knn_backend,
                        knn_recall_floor=cluster.knn_recall_floor,
+                       reliability_gap=cluster.reliability_gap,
+                       independence_threshold=independence,
                        eps_mode="fixed" if fixed else "rho", rho=cluster.rho,
                        eps=cluster.eps if eps is None else eps)
     return assign_pseudo_labels(features, **options)
@@ -93,12 +97,18 @@ class ClusterState:
     Attributes:
         labels: (N,) int64 variable, the class of each training sample, -1 = outlier or none.
         eps: DBSCAN eps fixed by the rho rule at the first clustering (-1 = none yet).
+        independence: the reliability criterion's threshold fixed at the first clustering
+            (-1 = none yet); None without the criterion.
     """
 
-    def __init__(self, num_slots: int):
+    def __init__(self, num_slots: int, reliability: bool = False):
         self.labels = tf.Variable(np.full(num_slots, -1, np.int64), trainable=False,
                                   name="pseudo_labels")
         self.eps = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="cluster_eps")
+        # Only runs with the reliability criterion save its threshold, so that checkpoints
+        # of runs without it keep their contents.
+        self.independence = (tf.Variable(-1.0, dtype=tf.float64, trainable=False,
+                                         name="cluster_independence") if reliability else None)
 
     @property
     def num_classes(self) -> int:
@@ -110,15 +120,26 @@ class ClusterState:
         eps = float(self.eps.numpy())
         return eps if eps > 0 else None
 
+    def fixed_independence(self) -> float | None:
+        """The reliability threshold an earlier round fixed, or None."""
+        if self.independence is None or float(self.independence.numpy()) < 0:
+            return None
+        return float(self.independence.numpy())
+
     def assign(self, round_: Round) -> None:
-        """Takes the labels (and eps) of a round."""
+        """Takes the labels (and eps, and the reliability threshold) of a round."""
         self.labels.assign(np.asarray(round_.labels, np.int64))
         if round_.eps is not None:
             self.eps.assign(round_.eps)
+        if self.independence is not None and round_.independence is not None:
+            self.independence.assign(round_.independence)
 
     def objects(self) -> dict[str, tf.Variable]:
         """{checkpoint name: variable}, to merge into the objects saved."""
-        return {"pseudo_labels": self.labels, "cluster_eps": self.eps}
+        objects = {"pseudo_labels": self.labels, "cluster_eps": self.eps}
+        if self.independence is not None:
+            objects["cluster_independence"] = self.independence
+        return objects
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,11 +151,13 @@ class Round:
             when the round gave nothing usable).
         scalars: TensorBoard scalars ('cluster/...'), diagnostics against true ids included.
         eps: the DBSCAN eps used, or None.
+        independence: the reliability criterion's threshold used, or None.
     """
 
     labels: np.ndarray
     scalars: dict[str, float]
     eps: float | None = None
+    independence: float | None = None
 
     @property
     def num_classes(self) -> int:
@@ -148,11 +171,12 @@ class Round:
 
 def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_size: int,
               seed: int, camids: np.ndarray | None = None, eps: float | None = None,
-              true_labels: np.ndarray | None = None, verbose: bool = False) -> Round:
+              independence: float | None = None, true_labels: np.ndarray | None = None,
+              verbose: bool = False) -> Round:
     """One SC round: features -> pseudo labels, kept only if they can fill PK batches.
 
     Args:
-        features, cluster, seed, camids, eps, verbose: as pseudo_labels.
+        features, cluster, seed, camids, eps, independence, verbose: as pseudo_labels.
         batch_size: the PK batch the labels must fill (see usable).
         true_labels: (N,) true identities, for the diagnostics only; None when unknown.
 
@@ -160,7 +184,7 @@ def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_
         the Round; its scalars hold the clustering's diagnostics even when unusable.
     """
     labels, stats = pseudo_labels(features, cluster, seed=seed, camids=camids, eps=eps,
-                                  verbose=verbose)
+                                  independence=independence, verbose=verbose)
     scalars = {"cluster/seconds": float(stats["seconds"])}
     if true_labels is not None:
         scalars.update(diagnostics.pseudo_label_quality(labels, true_labels))
@@ -171,10 +195,12 @@ def recluster(features: np.ndarray, cluster: config_lib.ClusterConfig, *, batch_
         scalars["cluster/eps"] = float(stats["eps"])
     if stats.get("knn_recall") is not None:
         scalars["cluster/knn_recall"] = float(stats["knn_recall"])
+    if stats.get("num_unreliable") is not None:
+        scalars["cluster/unreliable_fraction"] = stats["num_unreliable"] / len(labels)
     ok = usable(labels, batch_size)
     scalars["cluster/usable"] = float(ok)
     kept = labels.astype(np.int64) if ok else np.full(len(labels), -1, np.int64)
-    return Round(kept, scalars, stats.get("eps"))
+    return Round(kept, scalars, stats.get("eps"), stats.get("independence_threshold"))
 
 
 class ClusteringLabels:
@@ -188,11 +214,12 @@ class ClusteringLabels:
         self.true_labels = true_labels
 
     def next_round(self, features: Callable[[], np.ndarray], *, seed: int,
-                   eps: float | None, verbose: bool = False) -> Round:
+                   eps: float | None, independence: float | None = None,
+                   verbose: bool = False) -> Round:
         """Clusters features() (called once) into a Round."""
         return recluster(features(), self.cluster, batch_size=self.batch_size, seed=seed,
-                         camids=self.camids, eps=eps, true_labels=self.true_labels,
-                         verbose=verbose)
+                         camids=self.camids, eps=eps, independence=independence,
+                         true_labels=self.true_labels, verbose=verbose)
 
 
 class TrueLabels:
@@ -202,9 +229,10 @@ class TrueLabels:
         _, self.labels = np.unique(np.asarray(pids), return_inverse=True)
 
     def next_round(self, features: Callable[[], np.ndarray], *, seed: int,
-                   eps: float | None, verbose: bool = False) -> Round:
+                   eps: float | None, independence: float | None = None,
+                   verbose: bool = False) -> Round:
         """The true labels; features is never called."""
-        del features, seed, eps, verbose
+        del features, seed, eps, independence, verbose
         labels = self.labels.astype(np.int64)
         return Round(labels, {"cluster/num_clusters": float(num_classes(labels))})
 

@@ -189,7 +189,8 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
     learner = build(config, strategy, num_train, slot_pids=known_pids, slot_cameras=camids)
     with strategy.scope():
         state = checkpointing.RunState()
-        clusters = self_paced.ClusterState(num_train)
+        clusters = self_paced.ClusterState(num_train,
+                                           reliability=config.cluster.reliability_gap > 0)
     fingerprint = {"dataset": data.name, "num_train": num_train,
                    "feature_dim": model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale),
                    "backbone": model_cfg.backbone, "multiscale": model_cfg.multiscale,
@@ -233,7 +234,8 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
         scalars.update({"train/lr": lr, "train/alpha": alpha})
         if plan.relabel and not trained:
             labelled = labels_from.next_round(cluster_features, seed=train_cfg.seed + epoch,
-                                              eps=clusters.fixed_eps())
+                                              eps=clusters.fixed_eps(),
+                                              independence=clusters.fixed_independence())
             clusters.assign(labelled)
             _new_classifier(learner, clusters, train_cfg.seed * 1000 + epoch)
             scalars.update(labelled.scalars)

@@ -176,3 +176,84 @@ def test_kmeans():
     np.testing.assert_array_equal(labels, again)
     assert stats["num_clusters"] == 6 and stats["num_outliers"] == 0 and stats["eps"] is None
     assert labels[0] == 0  # Renumbered by first appearance.
+
+
+def _spcl_reliability(labels, tight, loose, threshold=None):
+    """The criterion as SpCL's training script computes it: dense N x N label agreements."""
+    def singletons(l):
+        l = np.array(l)
+        l[l < 0] = l.max() + 1 + np.arange((l < 0).sum())
+        return l
+
+    same, same_tight, same_loose = (np.equal.outer(singletons(a), singletons(a)).astype(float)
+                                    for a in (labels, tight, loose))
+    r_comp = 1 - np.minimum(same, same_tight).sum(1) / np.maximum(same, same_tight).sum(1)
+    r_indep = 1 - np.minimum(same, same_loose).sum(1) / np.maximum(same, same_loose).sum(1)
+    comp, indep, size = {}, {}, {}
+    for i, label in enumerate(labels):
+        if label >= 0:
+            comp.setdefault(label, []).append(r_comp[i])
+            indep.setdefault(label, []).append(r_indep[i])
+    comp = {c: min(v) for c, v in comp.items()}
+    indep = {c: min(v) for c, v in indep.items()}
+    if threshold is None:
+        scores = sorted(indep[c] for c in indep if (np.asarray(labels) == c).sum() > 1)
+        threshold = scores[min(len(scores) - 1, int(np.round(len(scores) * 0.9)))]
+    kept = [label if label >= 0 and indep[label] <= threshold and r_comp[i] <= comp[label]
+            else -1 for i, label in enumerate(labels)]
+    order = sorted({k for k in kept if k >= 0})
+    return np.array([order.index(k) if k >= 0 else -1 for k in kept]), threshold
+
+
+def test_reliable_clusters_by_hand():
+    # A = points 0-3 splits at the tight eps into {0, 1, 2} and the outlier 3: compactness
+    # 1 - 3/4 for 0-2 and 1 - 1/4 for 3. B = 4-7 is as tight, but at the loose eps it takes
+    # in the outlier 8: independence 1 - 4/5. Threshold: the larger of (0, 0.2) (position
+    # round(0.9 * 2) = 2, clamped to 1).
+    labels = [0, 0, 0, 0, 1, 1, 1, 1, -1]
+    tight = [0, 0, 0, -1, 1, 1, 1, 1, -1]
+    loose = [0, 0, 0, 0, 1, 1, 1, 1, 1]
+    kept, threshold = cluster.reliable_clusters(labels, tight, loose)
+    assert threshold == pytest.approx(0.2)
+    np.testing.assert_array_equal(kept, [0, 0, 0, -1, 1, 1, 1, 1, -1])
+    kept, threshold = cluster.reliable_clusters(labels, tight, loose, independence_threshold=0.1)
+    assert threshold == 0.1
+    np.testing.assert_array_equal(kept, [0, 0, 0, -1, -1, -1, -1, -1, -1])
+    kept, _ = cluster.reliable_clusters([-1, -1], [-1, -1], [-1, -1])
+    np.testing.assert_array_equal(kept, [-1, -1])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_reliable_clusters_match_spcl(seed):
+    rng = np.random.default_rng(seed)
+    n = 60
+    labels = rng.integers(-1, 8, n)
+    # Tight clusters split clusters, loose ones merge them, as a smaller / larger eps does.
+    tight = np.where(rng.random(n) < 0.3, -1, labels * 2 + rng.integers(0, 2, n))
+    tight[labels < 0] = -1
+    loose = np.where(labels < 0, rng.integers(-1, 3, n), labels // 2)
+    for threshold in (None, 0.3):
+        want, want_threshold = _spcl_reliability(labels, tight, loose, threshold)
+        got, got_threshold = cluster.reliable_clusters(labels, tight, loose, threshold)
+        np.testing.assert_array_equal(got, want)
+        assert got_threshold == pytest.approx(want_threshold)
+
+
+def test_reliability_gap_runs_dbscan_at_both_radii():
+    x, _ = _clustered(300, noise=1.0)
+    plain, _ = assign_pseudo_labels(x, k1=10, k2=3, knn_backend="exact")
+    kept, stats = assign_pseudo_labels(x, k1=10, k2=3, knn_backend="exact", reliability_gap=0.05)
+    # Kept points keep their clusters; the dropped ones are counted.
+    assert ((kept >= 0) <= (plain >= 0)).all()
+    assert stats["num_unreliable"] == (plain >= 0).sum() - (kept >= 0).sum() > 0
+    for c in np.unique(kept[kept >= 0]):
+        assert len(np.unique(plain[kept == c])) == 1
+    again, again_stats = assign_pseudo_labels(
+        x, k1=10, k2=3, knn_backend="exact", reliability_gap=0.05,
+        independence_threshold=stats["independence_threshold"])
+    np.testing.assert_array_equal(again, kept)
+    strict, _ = assign_pseudo_labels(x, k1=10, k2=3, knn_backend="exact", reliability_gap=0.05,
+                                     independence_threshold=-1e-9)
+    assert (strict < 0).all()
+    with pytest.raises(ValueError, match="reliability_gap"):
+        assign_pseudo_labels(x, eps=0.6, reliability_gap=0.5)

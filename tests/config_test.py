@@ -90,6 +90,8 @@ def test_json_round_trip(tmp_path):
     ({"dataset_options": ["no_equals_sign"]}, "key=value"),
     ({"epochs": "60"}, "not int"),
     ({"mplp_camera_normalize": True, "mplp_graph_k": 32}, "needs the exact MPLP check"),
+    ({"reliability_gap": 0.5}, "reliability_gap"),
+    ({"reliability_gap": -0.01}, "reliability_gap"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):

@@ -38,6 +38,8 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
                          rho: float = 1.6e-3, min_samples: int = 4,
                          num_clusters: int | None = None, variant: str = "zhong",
                          knn_backend: str = "auto", knn_recall_floor: float = 0.9,
+                         reliability_gap: float = 0.0,
+                         independence_threshold: float | None = None,
                          seed: int = 0, verbose: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Clusters L2-normalised features into pseudo identities (spec §6.3-§6.4).
 
@@ -47,6 +49,9 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
     recall measured on sampled queries and is widened, then replaced by exact neighbours, while
     below `knn_recall_floor` (see knn.checked_neighbours); either step is logged. A clustering
     that leaves more than 90% of the points outliers is logged as a warning with the recall.
+    With a reliability gap, DBSCAN also runs at eps -/+ the gap and only reliable clusters and
+    members are kept (SpCL's criterion, `cluster.reliable_clusters`); pass the returned
+    independence threshold back in later rounds, as SpCL keeps its first round's.
 
     Args:
         features: (N, d) features, L2-normalised by the caller.
@@ -60,6 +65,8 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
         variant: neighbour weighting, 'zhong' or 'spcl'.
         knn_backend: 'auto', 'exact', 'ivf' or 'pynndescent' (see knn.resolve_backend).
         knn_recall_floor: least sampled recall@(k1 + 1) of approximate neighbours, in [0, 1].
+        reliability_gap: eps gap of the reliability criterion (SpCL: 0.02); 0 = off (DBSCAN).
+        independence_threshold: the criterion's threshold from an earlier round, or None.
         seed: seed of the approximate neighbours and of k-means.
         verbose: print one timing line per stage and a progress indicator.
 
@@ -72,7 +79,9 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
             knn_first_recall (the first search's), knn_widened_recall (None when not widened),
             seconds_knn_recall (included in
             seconds_neighbours), seconds_neighbours, seconds_jaccard, seconds_clustering and
-            seconds (total); the knn_ entries are None for k-means.
+            seconds (total); the knn_ entries are None for k-means; independence_threshold
+            and num_unreliable (clustered at eps, dropped by the criterion) when
+            reliability_gap > 0, else None.
 
     Raises:
         ValueError: on bad options or features that are not finite.
@@ -86,6 +95,10 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
     if eps_mode == "fixed" and not 0.0 < eps < 1.0:
         # Pairs absent from the sparse matrix are at distance 1: eps must stay below it.
         raise ValueError(f"eps must be in (0, 1), got {eps}")
+    if reliability_gap < 0 or (eps_mode == "fixed" and eps + reliability_gap >= 1.0) \
+            or (reliability_gap and eps - reliability_gap <= 0.0):
+        raise ValueError(f"eps -/+ reliability_gap must stay in (0, 1), got eps {eps} and gap "
+                         f"{reliability_gap}")
     if method == "kmeans" and not num_clusters:
         raise ValueError("method='kmeans' needs num_clusters")
     x = check_features(features)
@@ -99,7 +112,8 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
                              "knn_action": None, "knn_recall": None, "knn_first_backend": None,
                              "knn_first_recall": None, "knn_widened_recall": None,
                              "seconds_knn_recall": 0.0,
-                             "seconds_neighbours": 0.0, "seconds_jaccard": 0.0}
+                             "seconds_neighbours": 0.0, "seconds_jaccard": 0.0,
+                             "independence_threshold": None, "num_unreliable": None}
     start = time.perf_counter()
     if method == "kmeans":
         labels = cluster.kmeans(x, num_clusters, seed)
@@ -126,17 +140,32 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
             start)
         tick = time.perf_counter()
         distances = jaccard.sparse_jaccard(
-            x, nbrs, k1, k2, variant, max_distance=1.0 if eps_mode == "rho" else eps,
+            x, nbrs, k1, k2, variant,
+            max_distance=1.0 if eps_mode == "rho" else eps + reliability_gap,
             progress=log.progress("jaccard"))
         del nbrs
         if eps_mode == "rho":
             eps = cluster.rho_eps(distances, rho)
+            if eps <= reliability_gap:
+                raise ValueError(f"the rho rule's eps {eps:.4f} is not above the reliability "
+                                 f"gap {reliability_gap}: lower the gap or raise rho")
         stats["seconds_jaccard"] = log.stage(
             f"jaccard ({variant}, {distances.nnz / n:.1f} stored pairs per point)", tick)
         tick = time.perf_counter()
         labels = cluster.dbscan(distances, eps, min_samples)
         stats["eps"] = float(eps)
-        stats["seconds_clustering"] = log.stage(f"dbscan (eps={eps:.4f})", tick)
+        what = f"dbscan (eps={eps:.4f})"
+        if reliability_gap:
+            clustered = int((labels >= 0).sum())
+            labels, threshold = cluster.reliable_clusters(
+                labels, cluster.dbscan(distances, eps - reliability_gap, min_samples),
+                cluster.dbscan(distances, eps + reliability_gap, min_samples),
+                independence_threshold)
+            stats.update(independence_threshold=threshold,
+                         num_unreliable=clustered - int((labels >= 0).sum()))
+            what += (f", reliable clusters at eps -/+ {reliability_gap:g}: "
+                     f"{stats['num_unreliable']} points dropped")
+        stats["seconds_clustering"] = log.stage(what, tick)
     stats.update(_label_stats(labels))
     stats["seconds"] = time.perf_counter() - start
     if stats["outlier_fraction"] > COLLAPSE_OUTLIER_FRACTION:
