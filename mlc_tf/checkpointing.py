@@ -28,7 +28,7 @@ _KEYS = {"epoch": "epoch/.ATTRIBUTES/VARIABLE_VALUE",
          "best_map": "best_map/.ATTRIBUTES/VARIABLE_VALUE"}
 _STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
 # Run-state variables that checkpoints written before them lack; they then keep their defaults.
-_LATER_OBJECTS = ("step", "partial_epoch")
+_LATER_OBJECTS = ("step", "partial_epoch", "cluster_independence")
 # Fingerprint keys that checkpoints written before them lack; those are not compared.
 _LATER_FINGERPRINT_KEYS = ("train_files",)
 # Differences the error names, at most, for each of added and removed training files.

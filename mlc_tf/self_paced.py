@@ -98,17 +98,15 @@ class ClusterState:
         labels: (N,) int64 variable, the class of each training sample, -1 = outlier or none.
         eps: DBSCAN eps fixed by the rho rule at the first clustering (-1 = none yet).
         independence: the reliability criterion's threshold fixed at the first clustering
-            (-1 = none yet); None without the criterion.
+            (-1 = none yet).
     """
 
-    def __init__(self, num_slots: int, reliability: bool = False):
+    def __init__(self, num_slots: int):
         self.labels = tf.Variable(np.full(num_slots, -1, np.int64), trainable=False,
                                   name="pseudo_labels")
         self.eps = tf.Variable(-1.0, dtype=tf.float32, trainable=False, name="cluster_eps")
-        # Only runs with the reliability criterion save its threshold, so that checkpoints
-        # of runs without it keep their contents.
-        self.independence = (tf.Variable(-1.0, dtype=tf.float64, trainable=False,
-                                         name="cluster_independence") if reliability else None)
+        self.independence = tf.Variable(-1.0, dtype=tf.float64, trainable=False,
+                                        name="cluster_independence")
 
     @property
     def num_classes(self) -> int:
@@ -122,24 +120,21 @@ class ClusterState:
 
     def fixed_independence(self) -> float | None:
         """The reliability threshold an earlier round fixed, or None."""
-        if self.independence is None or float(self.independence.numpy()) < 0:
-            return None
-        return float(self.independence.numpy())
+        independence = float(self.independence.numpy())
+        return independence if independence >= 0 else None
 
     def assign(self, round_: Round) -> None:
         """Takes the labels (and eps, and the reliability threshold) of a round."""
         self.labels.assign(np.asarray(round_.labels, np.int64))
         if round_.eps is not None:
             self.eps.assign(round_.eps)
-        if self.independence is not None and round_.independence is not None:
+        if round_.independence is not None:
             self.independence.assign(round_.independence)
 
     def objects(self) -> dict[str, tf.Variable]:
         """{checkpoint name: variable}, to merge into the objects saved."""
-        objects = {"pseudo_labels": self.labels, "cluster_eps": self.eps}
-        if self.independence is not None:
-            objects["cluster_independence"] = self.independence
-        return objects
+        return {"pseudo_labels": self.labels, "cluster_eps": self.eps,
+                "cluster_independence": self.independence}
 
 
 @dataclasses.dataclass(frozen=True)

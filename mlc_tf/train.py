@@ -189,8 +189,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
     learner = build(config, strategy, num_train, slot_pids=known_pids, slot_cameras=camids)
     with strategy.scope():
         state = checkpointing.RunState()
-        clusters = self_paced.ClusterState(num_train,
-                                           reliability=config.cluster.reliability_gap > 0)
+        clusters = self_paced.ClusterState(num_train)
     fingerprint = {"dataset": data.name, "num_train": num_train,
                    "feature_dim": model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale),
                    "backbone": model_cfg.backbone, "multiscale": model_cfg.multiscale,

@@ -100,8 +100,8 @@ def test_label_sources():
 def test_reliability_threshold_is_fixed_by_the_first_round():
     features, ids = _identity_features()
     cluster = config_lib.ClusterConfig(k1=6, k2=2, min_samples=3, reliability_gap=0.02)
-    state = self_paced.ClusterState(len(ids), reliability=True)
-    assert state.fixed_independence() is None and "cluster_independence" in state.objects()
+    state = self_paced.ClusterState(len(ids))
+    assert state.fixed_independence() is None
     first = self_paced.recluster(features, cluster, batch_size=8, seed=0,
                                  camids=np.zeros(len(ids)), true_labels=ids)
     assert first.independence is not None and "cluster/unreliable_fraction" in first.scalars
@@ -111,4 +111,3 @@ def test_reliability_threshold_is_fixed_by_the_first_round():
     strict = self_paced.recluster(features, cluster, batch_size=8, seed=0,
                                   camids=np.zeros(len(ids)), independence=-1.0)
     assert not strict.usable and strict.independence == -1.0
-    assert "cluster_independence" not in self_paced.ClusterState(len(ids)).objects()

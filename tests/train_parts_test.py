@@ -90,3 +90,21 @@ def test_write_scalars_needs_no_tensorboard(tmp_path):
     assert tags == {("train/loss", 3, 1.5, "scalars"), ("eval/mAP", 3, 0.25, "scalars")}
 
 
+
+
+def test_checkpoints_from_before_the_reliability_threshold_restore(tmp_path):
+    clusters = self_paced.ClusterState(3)
+    clusters.labels.assign([0, 0, -1])
+    clusters.independence.assign(0.25)
+    state = checkpointing.RunState().objects()
+    older = {name: v for name, v in clusters.objects().items() if name != "cluster_independence"}
+    checkpointing.Checkpointer(str(tmp_path / "old"), {"n": 3}, 1).save({**state, **older}, 1)
+    restored = self_paced.ClusterState(3)
+    checkpointing.Checkpointer(str(tmp_path / "old"), {"n": 3}, 1).restore(
+        {**state, **restored.objects()})
+    assert restored.num_classes == 1 and restored.fixed_independence() is None
+    checkpointing.Checkpointer(str(tmp_path / "new"), {"n": 3}, 1).save(
+        {**state, **clusters.objects()}, 1)
+    checkpointing.Checkpointer(str(tmp_path / "new"), {"n": 3}, 1).restore(
+        {**state, **restored.objects()})
+    assert restored.fixed_independence() == 0.25
