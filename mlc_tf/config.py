@@ -135,6 +135,10 @@ class LossConfig:
                                "neighbours per slot (itself included), recomputed at the start of "
                                "every MPLP epoch and for the slots each step writes; 0 = exact "
                                "ranks against the whole bank.")
+    classifier_init: str = _field(
+        "normal", "Initial weights of each round's fresh pseudo-label classifier: N(0, 0.001^2) "
+        "as torchreid/SpCL, or each cluster's L2-normalised mean memory row as MMT does (A14).",
+        ("normal", "centroids"))
 
 
 @dataclasses.dataclass(frozen=True)

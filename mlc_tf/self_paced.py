@@ -33,6 +33,26 @@ def camera_normalized(features: np.ndarray, camids: np.ndarray) -> np.ndarray:
     return features / np.maximum(norms, 1e-12)
 
 
+def class_centroids(rows: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """The L2-normalised mean row of each class (a class without rows, or with a zero mean,
+    gets a zero row).
+
+    Args:
+        rows: (N, D) features, e.g. the memory bank.
+        labels: (N,) classes in [0, num_classes), -1 = none.
+        num_classes: C.
+
+    Returns:
+        float32 (C, D).
+    """
+    rows = np.asarray(rows, np.float32)
+    labels = np.asarray(labels)
+    sums = np.zeros((num_classes, rows.shape[1]), np.float64)
+    np.add.at(sums, labels[labels >= 0], rows[labels >= 0])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
 def pseudo_labels(features: np.ndarray, cluster: config_lib.ClusterConfig, *, seed: int,
                   camids: np.ndarray | None = None, eps: float | None = None,
                   independence: float | None = None,

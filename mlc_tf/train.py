@@ -236,7 +236,8 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                               eps=clusters.fixed_eps(),
                                               independence=clusters.fixed_independence())
             clusters.assign(labelled)
-            _new_classifier(learner, clusters, train_cfg.seed * 1000 + epoch)
+            _new_classifier(learner, clusters, train_cfg.seed * 1000 + epoch,
+                            config.loss.classifier_init)
             scalars.update(labelled.scalars)
             _log_round(epoch, labelled, config.data.batch_size, verbose)
             pictures.write_clusters(workdir, epoch + 1, [s.path for s in data.train],
@@ -295,10 +296,17 @@ def _objects(learner: train_step.Learner, state: checkpointing.RunState,
 
 
 def _new_classifier(learner: train_step.Learner, clusters: self_paced.ClusterState,
-                    seed: int) -> None:
-    """A fresh classifier sized to the current labels, or none when there are no classes."""
+                    seed: int, init: str) -> None:
+    """A fresh classifier sized to the current labels, or none when there are no classes.
+
+    With init='centroids' its weights are the classes' mean memory rows (zero rows, as in a
+    supervised run's unwritten memory, keep the random weights)."""
     if clusters.num_classes > 0:
-        learner.new_classifier(clusters.num_classes, seed=seed)
+        centroids = None
+        if init == "centroids":
+            centroids = self_paced.class_centroids(learner.memory.numpy(), clusters.labels.numpy(),
+                                                   clusters.num_classes)
+        learner.new_classifier(clusters.num_classes, seed=seed, centroids=centroids)
     else:
         learner.drop_classifier()
 

@@ -96,28 +96,42 @@ class Learner:
         if self.classifier_optimizer is not None:
             self.classifier_optimizer.learning_rate = lr
 
-    def new_classifier(self, num_classes: int, seed: int) -> None:
+    def new_classifier(self, num_classes: int, seed: int,
+                       centroids: np.ndarray | None = None) -> None:
         """Replaces the classifier by a fresh bias-free Dense(num_classes) with fresh slots.
 
-        Initialised N(0, 0.001^2) like the torchreid/SpCL classifiers, from `seed`. A classifier
-        of the same size is re-initialised in place instead (same values, zeroed momentum), so
-        the traced steps stay valid and are not traced again.
+        Initialised N(0, 0.001^2) like the torchreid/SpCL classifiers, from `seed`, or with the
+        given class centroids as weights (MMT's initialisation); a zero centroid row keeps its
+        random weights. A classifier of the same size is re-initialised in place instead (same
+        values, zeroed momentum), so the traced steps stay valid and are not traced again.
+
+        Args:
+            num_classes: C.
+            seed: seed of the random weights.
+            centroids: optional (C, D) weights, D the neck feature size.
         """
-        initializer = keras.initializers.RandomNormal(stddev=0.001, seed=seed)
+        dim = self.model.output["neck"].shape[-1]
+        kernel = keras.initializers.RandomNormal(stddev=0.001, seed=seed)(
+            (dim, num_classes), "float32")
+        if centroids is not None:
+            if centroids.shape != (num_classes, dim):
+                raise ValueError(f"centroids of shape {centroids.shape}; expected "
+                                 f"{(num_classes, dim)}")
+            given = np.linalg.norm(centroids, axis=1) > 0
+            kernel = tf.where(given[None, :], tf.constant(centroids.T, tf.float32), kernel)
         if self.classifier is not None and self.classifier.units == num_classes:
-            kernel = self.classifier.kernel
-            kernel.assign(initializer(kernel.shape, kernel.dtype))
+            self.classifier.kernel.assign(kernel)
             for slot in self.classifier_optimizer.momentums:
                 slot.assign(tf.zeros_like(slot))
             self.classifier_optimizer.iterations.assign(0)
             return
-        dim = self.model.output["neck"].shape[-1]
         lr = float(self.head_optimizer.learning_rate.numpy())
         with self.strategy.scope():
             self.classifier = keras.layers.Dense(
                 num_classes, use_bias=False, dtype="float32", name="classifier",
-                kernel_initializer=initializer)
+                kernel_initializer="zeros")
             self.classifier.build((None, dim))
+            self.classifier.kernel.assign(kernel)
             self.classifier_optimizer = sgd(lr, self._momentum, self._nesterov)
             self.classifier_optimizer.build(self.classifier.trainable_variables)
         self._forget_joint_steps()

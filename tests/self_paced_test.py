@@ -111,3 +111,11 @@ def test_reliability_threshold_is_fixed_by_the_first_round():
     strict = self_paced.recluster(features, cluster, batch_size=8, seed=0,
                                   camids=np.zeros(len(ids)), independence=-1.0)
     assert not strict.usable and strict.independence == -1.0
+
+
+def test_class_centroids_are_normalised_class_means():
+    rows = np.array([[1, 0], [0, 1], [3, 4], [5, 5], [0, 0]], np.float32)
+    centroids = self_paced.class_centroids(rows, np.array([0, 0, 1, -1, -1]), 3)
+    # Class 0: mean (0.5, 0.5) -> (0.707, 0.707); class 1: (0.6, 0.8); class 2: no rows.
+    np.testing.assert_allclose(centroids, [[0.5 ** 0.5, 0.5 ** 0.5], [0.6, 0.8], [0, 0]],
+                               rtol=1e-6)

@@ -108,3 +108,24 @@ def test_checkpoints_from_before_the_reliability_threshold_restore(tmp_path):
     checkpointing.Checkpointer(str(tmp_path / "new"), {"n": 3}, 1).restore(
         {**state, **restored.objects()})
     assert restored.fixed_independence() == 0.25
+
+
+@pytest.mark.parametrize("init", ["normal", "centroids"])
+def test_each_rounds_classifier_starts_from_its_clusters_mean_memory_rows(init):
+    config = config_lib.Config(
+        data=config_lib.DataConfig(image_size=(32, 16)),
+        model=config_lib.ModelConfig(backbone="resnet18", pretrained="none"))
+    learner = train.build(config, tf.distribute.get_strategy(), 6)
+    rows = np.random.default_rng(0).normal(size=(6, learner.memory.dim)).astype("f4")
+    learner.memory.variable.assign(rows)
+    clusters = self_paced.ClusterState(6)
+    clusters.labels.assign([1, 0, 1, -1, 0, 0])
+    train._new_classifier(learner, clusters, seed=3, init=init)
+    kernel = learner.classifier.kernel.numpy()
+    if init == "normal":
+        assert kernel.shape == (learner.memory.dim, 2) and np.abs(kernel).max() < 0.01
+        return
+    mean = rows[[1, 4, 5]].mean(axis=0)
+    np.testing.assert_allclose(kernel[:, 0], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-7)
+    mean = rows[[0, 2]].mean(axis=0)
+    np.testing.assert_allclose(kernel[:, 1], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-7)

@@ -97,6 +97,27 @@ def test_new_classifier_of_the_same_size_resets_in_place():
     assert learner._steps[("one_hot", True)] is traced
     learner.new_classifier(3, seed=7)  # another size: a new layer, the joint step is dropped
     assert learner.classifier.kernel.shape == (4, 3) and ("one_hot", True) not in learner._steps
+    # The random weights are the N(0, 0.001^2) draw of the seed.
+    np.testing.assert_allclose(fresh, keras.initializers.RandomNormal(stddev=0.001, seed=7)(
+        (4, 2), "float32"))
+    assert 1e-4 < np.std(fresh) < 1e-2
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])  # in place (same size as before) or a new layer
+def test_new_classifier_takes_centroids_as_weights(num_classes):
+    learner = train_step.Learner(tf.distribute.get_strategy(), _tiny_model(), MemoryBank(6, 4),
+                                 loss=config_lib.LossConfig(), lr=0.1, backbone_lr_mult=0.1,
+                                 momentum=0.9, nesterov=True, weight_decay=5e-4)
+    learner.new_classifier(2, seed=7)
+    random = keras.initializers.RandomNormal(stddev=0.001, seed=7)((4, num_classes), "float32")
+    centroids = np.zeros((num_classes, 4), np.float32)
+    centroids[0] = [0.6, 0.8, 0, 0]  # class 1 (and 2) without a centroid keep random weights
+    learner.new_classifier(num_classes, seed=7, centroids=centroids)
+    kernel = learner.classifier.kernel.numpy()  # (D, C): class c is column c
+    np.testing.assert_array_equal(kernel[:, 0], centroids[0])
+    np.testing.assert_allclose(kernel[:, 1:], random[:, 1:])
+    with pytest.raises(ValueError, match="centroids of shape"):
+        learner.new_classifier(2, seed=7, centroids=np.ones((2, 5), np.float32))
 
 
 def _fixed_step(targets="one_hot", alpha=0.0):
