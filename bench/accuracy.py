@@ -40,8 +40,8 @@ ROWS = {
     "no_mn": ("w/o MN (global feature only)", "source_no_mn", ["--multiscale=false"]),
     "kmeans": ("SC with k-means (k = true id count)", "source", ["--clustering=kmeans"]),
     "supervised": ("supervised on the target (upper bound)", "source", ["--supervised"]),
-    # From scratch the backbone trains at the full rate, on the schedule of the earlier
-    # from-scratch demo (20 epochs, one-hot targets for 3, clustering from epoch 7).
+    # From scratch: the schedule of the earlier from-scratch demo (20 epochs, one-hot targets
+    # for 3, clustering from epoch 7), the backbone at the full rate as in the demo.
     "scratch": ("MLC from scratch", None, ["--backbone_lr_mult=1.0", "--epochs=20",
                                            "--warmup_epochs=3", "--sc_start_epoch=6",
                                            "--lr_step=16"]),
