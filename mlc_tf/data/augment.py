@@ -1,4 +1,7 @@
-"""Seeded per-image training augmentation (MMCL-style crop, flip, rotation, jitter, erasing)."""
+"""Seeded per-image training augmentation (MMCL-style crop, flip, rotation, jitter, erasing).
+
+augment_image runs in the tf.data pipeline; augment_batch runs the same ops in the training step.
+"""
 
 from __future__ import annotations
 
@@ -185,3 +188,27 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, image_size: tuple[int, int]
                         lambda: image)
     image = tf.clip_by_value(image, 0.0, 255.0)
     return tf.ensure_shape(image, (*image_size, 3))
+
+
+def augment_batch(images: tf.Tensor, image_shapes: tf.Tensor, seeds: tf.Tensor,
+                  image_size: tuple[int, int], config: AugmentConfig) -> tf.Tensor:
+    """augment_image on each image of a zero-padded batch, each by its own seed.
+
+    The same pixels as augment_image on each unpadded image, on whichever device runs it.
+
+    Args:
+        images: (B, h_max, w_max, 3) decoded images, each zero-padded at the bottom and right.
+        image_shapes: int (B, 2), (h, w) of each image before padding.
+        seeds: int64 (B, 2) stateless seed of each image (sample_seed).
+        image_size: output (height, width).
+        config: as augment_image.
+
+    Returns:
+        float32 (B, height, width, 3) in [0, 255].
+    """
+    def augment_one(sample):
+        image, shape, seed = sample
+        return augment_image(image[:shape[0], :shape[1]], seed, image_size, config)
+
+    return tf.map_fn(augment_one, (images, tf.cast(image_shapes, tf.int32), seeds),
+                     fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
