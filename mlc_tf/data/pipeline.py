@@ -132,12 +132,13 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
                     **sample}
         return {"image": augment_image(image, image_seed, size, augment), **sample}
 
+    samples = (tf.data.Dataset.from_tensor_slices(columns)
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     # The batch is static (drop_remainder) so MirroredStrategy splits it evenly over replicas.
     # Decoded images of different sizes are zero-padded to the largest of their batch.
-    return (tf.data.Dataset.from_tensor_slices(columns)
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .padded_batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE))
+    batches = (samples.padded_batch(batch_size, drop_remainder=True) if augment_on == "device"
+               else samples.batch(batch_size, drop_remainder=True))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 def device_augmentation(image_size: tuple[int, int],
