@@ -90,6 +90,9 @@ def test_json_round_trip(tmp_path):
     ({"dataset_options": ["no_equals_sign"]}, "key=value"),
     ({"epochs": "60"}, "not int"),
     ({"mplp_camera_normalize": True, "mplp_graph_k": 32}, "needs the exact MPLP check"),
+    ({"decode_cache": "disk"}, "decode_cache='disk'"),
+    ({"decode_cache_gib": 0.0}, "decode_cache_gib must be > 0"),
+    ({"augment_on": "gpu"}, "augment_on='gpu'"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):
