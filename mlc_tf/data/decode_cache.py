@@ -8,7 +8,7 @@ from the files. Market-1501's 12,936 crops of 128x64 take 318 MB; with its CamSt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -70,7 +70,10 @@ class DecodedImages:
         return tf.reshape(flat, tf.concat([shape, [3]], axis=0))
 
 
-def decode_all(files: Sequence[str], decode, *,
+Decoder = Callable[[tf.Tensor], tf.Tensor]
+
+
+def decode_all(files: Sequence[str], decode: Decoder, *,
                budget_bytes: int | None = None) -> DecodedImages | None:
     """Decodes every file once (in parallel, through tf.data) into a DecodedImages.
 
@@ -98,7 +101,8 @@ def decode_all(files: Sequence[str], decode, *,
     return DecodedImages(files, pixels, np.asarray(shapes, np.int64).reshape(-1, 2))
 
 
-def for_training(mode: str, files: Sequence[str], decode, budget_bytes: int) -> DecodedImages | None:
+def for_training(mode: str, files: Sequence[str], decode: Decoder,
+                 budget_bytes: int) -> DecodedImages | None:
     """The cache that mode asks for: 'memory' (must fit), 'auto' (if it fits) or 'none'.
 
     Args:
