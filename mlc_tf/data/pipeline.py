@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from mlc_tf.config import AugmentConfig
 from mlc_tf.data import decode_cache, sampler
-from mlc_tf.data.augment import augment_batch, augment_image, sample_seed
+from mlc_tf.data.augment import augment_batch, augment_image, augment_params, sample_seed
 
 __all__ = ["load_image", "make_eval_dataset", "make_train_dataset", "make_pk_dataset",
            "train_steps_per_epoch", "pk_steps_per_epoch", "decode_images",
@@ -111,7 +111,8 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
                        decoded: decode_cache.DecodedImages | None,
                        augment_on: str) -> tf.data.Dataset:
     """Decodes (or looks up) and augments samples already in epoch order; the position seeds
-    each image. With augment_on='device' the batch holds the decoded images and their seeds."""
+    each image. With augment_on='device' the batch holds the decoded images and the
+    augmentation's draws from their seeds."""
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on={augment_on!r}; expected one of {AUGMENT_ON}")
     size = tuple(int(v) for v in image_size)
@@ -128,8 +129,8 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
         image = _decode(sample.pop("path")) if decoded is None else decoded.image(sample.pop("row"))
         image_seed = sample_seed(seed, epoch, sample.pop("position"))
         if augment_on == "device":
-            return {"image": image, "image_shape": tf.shape(image)[:2], "seed": image_seed,
-                    **sample}
+            return {"image": image, "augment": augment_params(tf.shape(image)[:2], image_seed,
+                                                              size, augment), **sample}
         return {"image": augment_image(image, image_seed, size, augment), **sample}
 
     samples = (tf.data.Dataset.from_tensor_slices(columns)
@@ -151,7 +152,7 @@ def device_augmentation(image_size: tuple[int, int],
     size = tuple(int(v) for v in image_size)
 
     def augment_images(batch: dict) -> tf.Tensor:
-        return augment_batch(batch["image"], batch["image_shape"], batch["seed"], size, augment)
+        return augment_batch(batch["image"], batch["augment"], size, augment)
 
     return augment_images
 
@@ -248,7 +249,8 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
         Dataset of {'image': float32 (B, H, W, 3), 'index': int32 (B,), 'camid': int32 (B,)};
         never the true identity. A view keeps its sample's index and camid. With
         augment_on='device', 'image' is the decoded uint8 (B, h, w, 3), zero-padded to the
-        batch's largest image, plus 'image_shape': int32 (B, 2) and 'seed': int64 (B, 2).
+        batch's largest image, plus 'augment': the augment_params of each image, drawn
+        from its seed.
 
     Raises:
         ValueError: mismatched lengths, repeated indices, fewer samples than batch_size, a
