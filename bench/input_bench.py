@@ -17,6 +17,8 @@ times, after one warm-up pass, full passes of each stage at 256x128 output:
   augment in tf.function    augment_batch on in-memory batches, as the step runs it (on CPU
                             here; on a GPU host this stage runs on the accelerator)
 
+The two device rows include the augmentation's random draws (augment_params), made on the host.
+
 It reports the best of the timed passes (the machine is shared) and the process CPU time per
 image of that pass (all threads), which other load disturbs less than wall time. Images/s per
 core is 1000 / (CPU ms per image); the 16-core figure assumes that rate on each of 16 cores.
@@ -103,7 +105,7 @@ def _stages(paths: list[str], batch_size: int, repeats: int) -> list[tuple[str, 
         return len(pipeline.decode_images("memory", paths, budget_bytes=2**40))
 
     cache = pipeline.decode_images("memory", paths, budget_bytes=2**40)
-    device_batches = [{k: tf.constant(v) for k, v in batch.items()}
+    device_batches = [tf.nest.map_structure(tf.constant, batch)
                       for batch in train(0, decoded=cache, augment_on="device")
                       .as_numpy_iterator()]
     augment_fn = tf.function(pipeline.device_augmentation(SIZE, augment))
