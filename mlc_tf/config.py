@@ -37,6 +37,16 @@ class DataConfig:
         "training image picks a camera uniformly, loading the original for its own camera and "
         "that camera's style copy otherwise (originals 1 in 6 on Market, 1 in 8 on Duke); a "
         "copy keeps its source's memory slot and pseudo label.")
+    decode_cache: str = _field(
+        "auto", "Decode the training images once and keep their uint8 pixels in host memory "
+        "(CamStyle views too), at the size they decode to: 'memory' (fail if they exceed "
+        "decode_cache_gib), 'auto' (cache if they fit, else decode every epoch, logged) or "
+        "'none'. Epochs are the same either way.", ("auto", "memory", "none"))
+    decode_cache_gib: float = _field(4.0, "Host memory budget of decode_cache, in GiB.")
+    augment_on: str = _field(
+        "input", "Where the training augmentation runs: 'input' (tf.data, on the host) or "
+        "'device' (the same seeded ops inside the training step, on the accelerator).",
+        ("input", "device"))
 
     def options(self) -> dict[str, Any]:
         """dataset_options as a dict, with ints, floats and booleans converted."""
@@ -262,6 +272,7 @@ def validate(config: Config) -> None:
         # The graph holds neighbours of the plain bank, not of the camera-centred one.
         (not (config.loss.mplp_camera_normalize and config.loss.mplp_graph_k),
          "mplp_camera_normalize needs the exact MPLP check: set --mplp_graph_k=0"),
+        (data.decode_cache_gib > 0, "decode_cache_gib must be > 0"),
     ]
     for ok, message in checks:
         if not ok:

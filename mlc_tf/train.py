@@ -116,7 +116,9 @@ def build(config: config_lib.Config, strategy: tf.distribute.Strategy, num_train
         strategy, model, memory, loss=config.loss, lr=train_cfg.lr,
         backbone_lr_mult=train_cfg.backbone_lr_mult, momentum=train_cfg.momentum,
         nesterov=train_cfg.nesterov, weight_decay=train_cfg.weight_decay,
-        jit_compile=train_cfg.jit_compile, slot_pids=slot_pids, slot_cameras=slot_cameras)
+        jit_compile=train_cfg.jit_compile, slot_pids=slot_pids, slot_cameras=slot_cameras,
+        augment_images=(pipeline.device_augmentation(config.data.image_size, config.augment)
+                        if config.data.augment_on == "device" else None))
 
 
 def run(config: config_lib.Config, workdir: str, *,
@@ -204,6 +206,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
     writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
     eval_embed = features_lib.make_embedder(learner.model, model_cfg.eval_feature)
     cluster_embed = features_lib.make_embedder(learner.model, "pooled")
+    decoded = _decoded_images(config.data, data)
 
     def cluster_features() -> np.ndarray:
         if config.cluster.cluster_features == "extract":
@@ -248,7 +251,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
             learner.refresh_mplp_graph(seed=train_cfg.seed + epoch)
         batches, steps = _epoch_dataset(config, data, epoch,
                                         clusters.labels.numpy() if joint else None,
-                                        skip=len(trained))
+                                        skip=len(trained), decoded=decoded)
         trained = _train_epoch(learner, strategy.experimental_distribute_dataset(batches),
                                steps, alpha, plan.targets, joint=joint, epoch=epoch,
                                epochs=train_cfg.epochs, lr=lr, verbose=verbose,
@@ -360,13 +363,28 @@ def _epoch_scalars(means: dict[str, float]) -> dict[str, float]:
     return scalars
 
 
+def _decoded_images(data_cfg: config_lib.DataConfig, data):
+    """The run's decode cache (--decode_cache), or None: every epoch decodes the files."""
+    decoded = pipeline.decode_images(
+        data_cfg.decode_cache, [s.path for s in data.train],
+        data.camstyle if data_cfg.camstyle else None,
+        budget_bytes=int(data_cfg.decode_cache_gib * 2**30))
+    if decoded is not None:
+        logging.info("decode cache: %d decoded images, %.2f GB in host memory", len(decoded),
+                     decoded.nbytes / 1e9)
+    elif data_cfg.decode_cache == "auto":
+        logging.info("decode cache: the decoded images exceed %g GiB; decoding every epoch",
+                     data_cfg.decode_cache_gib)
+    return decoded
+
+
 def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None,
-                   skip: int = 0) -> tuple[tf.data.Dataset, int]:
+                   skip: int = 0, decoded=None) -> tuple[tf.data.Dataset, int]:
     """(batches, number of batches) of one epoch: all images, or PK batches over labels.
 
     The first `skip` batches are left out (a resumed epoch): the batches, their augmentation
     included, are a function of (seed, epoch, position) only, so the rest are unchanged. The
-    number of batches counts them.
+    number of batches counts them. decoded: the run's decode cache, or None.
     """
     data_cfg = config.data
     paths = [s.path for s in data.train]
@@ -374,7 +392,8 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None,
     indices = list(range(len(data.train)))
     common = dict(image_size=tuple(data_cfg.image_size), batch_size=data_cfg.batch_size,
                   seed=config.train.seed, epoch=epoch, augment=config.augment,
-                  camstyle=data.camstyle if data_cfg.camstyle else None)
+                  camstyle=data.camstyle if data_cfg.camstyle else None, decoded=decoded,
+                  augment_on=data_cfg.augment_on)
     if labels is None:
         batches = pipeline.make_train_dataset(paths, camids, indices, **common)
         steps = pipeline.train_steps_per_epoch(len(paths), data_cfg.batch_size)

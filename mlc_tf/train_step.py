@@ -40,7 +40,8 @@ class Learner:
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model,
                  memory: memory_lib.MemoryBank | None, *, loss: config_lib.LossConfig, lr: float,
                  backbone_lr_mult: float, momentum: float, nesterov: bool, weight_decay: float,
-                 jit_compile: bool = False, slot_pids=None, slot_cameras=None):
+                 jit_compile: bool = False, slot_pids=None, slot_cameras=None,
+                 augment_images=None):
         """Builds the optimizers.
 
         Args:
@@ -58,6 +59,9 @@ class Learner:
                 recall diagnostics (never trained on); None when unknown.
             slot_cameras: (N,) camera of every memory slot; needed by
                 loss.mplp_camera_normalize.
+            augment_images: per-replica batch -> float32 images, run in the step (the
+                augment_on='device' half of mlc_tf.data.pipeline); None = batch['image'] is
+                the network input.
 
         Raises:
             ValueError: loss.mplp_camera_normalize without slot_cameras.
@@ -88,6 +92,7 @@ class Learner:
         self._forward = (tf.function(self._call_model, jit_compile=True) if jit_compile
                          else self._call_model)
         self._steps: dict[tuple[str, bool], tf.types.experimental.GenericFunction] = {}
+        self._augment_images = augment_images
 
     def set_learning_rate(self, lr: float) -> None:
         """Sets the base rate (neck, classifier) and the backbone rate lr * backbone_lr_mult."""
@@ -227,8 +232,10 @@ class Learner:
         variables = self.backbone_variables + self.head_variables
         if joint:
             variables = variables + self.classifier.trainable_variables
+        images = (batch["image"] if self._augment_images is None
+                  else self._augment_images(batch))
         with tf.GradientTape() as tape:
-            outputs = self._forward(batch["image"])
+            outputs = self._forward(images)
             objective = losses.mlc_objective(
                 neck=outputs["neck"], pooled=outputs["pooled"], indices=indices,
                 memory=None if self.memory is None else self.memory.variable,

@@ -7,6 +7,7 @@ import tensorflow as tf
 from mlc_tf.config import AugmentConfig
 from mlc_tf.data import augment
 
+SIZE = (16, 8)
 OFF = dict(crop="none", flip=0.0, rotation=0.0, color_jitter=0.0, random_erasing=0.0)
 MEAN = np.array(augment.IMAGENET_MEAN, np.float32)
 
@@ -187,3 +188,26 @@ def test_color_jitter_factors_stay_in_range():
     ratios = [float(augment.color_jitter(tf.constant(image), _seed(i), 0.2)[0, 0, 0]) / 100.0
               for i in range(50)]
     assert 0.8 - 1e-5 <= min(ratios) < 0.9 and 1.1 < max(ratios) <= 1.2 + 1e-5
+
+
+@pytest.mark.parametrize("crop", ["resized", "pad", "none"])
+def test_batched_augmentation_gives_the_per_image_pixels(crop):
+    # Three decoded sizes, zero-padded into one batch; the 8x30 image is too wide for any
+    # 'resized' draw of aspect h/w in [2, 3], so its crop falls back to the whole image.
+    rng = np.random.default_rng(0)
+    shapes = [(24, 12), (20, 9), (8, 30)]
+    config = AugmentConfig(crop=crop, crop_padding=3, random_erasing=1.0, flip=0.5)
+    padded = np.zeros((len(shapes) * 4, 24, 30, 3), np.uint8)
+    expected, params = [], []
+    for i in range(len(padded)):
+        h, w = shapes[i % 3]
+        padded[i, :h, :w] = rng.integers(0, 256, (h, w, 3))
+        seed = augment.sample_seed(7, 1, i)
+        expected.append(augment.augment_image(padded[i, :h, :w], seed, SIZE, config).numpy())
+        params.append(augment.augment_params(tf.constant([h, w]), seed, SIZE, config))
+    stacked = {key: tf.stack([p[key] for p in params]) for key in params[0]}
+    batched = tf.function(augment.augment_batch, reduce_retracing=True)
+    images = batched(tf.constant(padded), stacked, SIZE, config).numpy()
+    np.testing.assert_allclose(images, np.stack(expected), atol=1e-3)
+    if crop == "resized":
+        np.testing.assert_array_equal(stacked["crop"][2::3].numpy(), [[0, 0, 8, 30]] * 4)

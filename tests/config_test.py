@@ -92,6 +92,9 @@ def test_json_round_trip(tmp_path):
     ({"mplp_camera_normalize": True, "mplp_graph_k": 32}, "needs the exact MPLP check"),
     ({"reliability_gap": 0.5}, "reliability_gap"),
     ({"reliability_gap": -0.01}, "reliability_gap"),
+    ({"decode_cache": "disk"}, "decode_cache='disk'"),
+    ({"decode_cache_gib": 0.0}, "decode_cache_gib must be > 0"),
+    ({"augment_on": "gpu"}, "augment_on='gpu'"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):

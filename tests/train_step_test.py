@@ -280,3 +280,68 @@ def test_collectives_of_a_two_replica_step_take_no_int32(run_json_script):
     assert {"all_gather:float32", "all_gather:int64", "all_reduce:int64"} <= set(result["seen"])
     assert all(np.isfinite(list(result["losses"].values())))
     assert result["bank_dtype"] == "bfloat16" and result["copies_equal"]
+
+
+# Runs in its own process: logical devices must be configured before any TF op.
+_DEVICE_AUGMENT_SCRIPT = textwrap.dedent("""
+    import json
+    import os
+    import tempfile
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(
+        cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+    from mlc_tf import config as config_lib, train_step
+    from mlc_tf.data import pipeline
+    from mlc_tf.memory import MemoryBank
+
+    size, augment = (8, 4), config_lib.AugmentConfig()
+    folder, rng = tempfile.mkdtemp(), np.random.default_rng(0)
+    paths = []
+    for i in range(8):  # two sizes, so the device batches are zero-padded
+        paths.append(os.path.join(folder, f"{i}.jpg"))
+        pixels = rng.integers(0, 256, ((12, 6), (10, 5))[i % 2] + (3,), np.uint8)
+        tf.io.write_file(paths[-1], tf.io.encode_jpeg(pixels))
+    rows = rng.normal(size=(8, 4))
+
+    def train(devices, augment_on):
+        strategy = tf.distribute.MirroredStrategy(devices)
+        keras.utils.set_random_seed(0)
+        with strategy.scope():
+            images = keras.Input((*size, 3))
+            pooled = keras.layers.Dense(4, name="dense")(keras.layers.Flatten()(images / 255.0))
+            neck = keras.layers.BatchNormalization(synchronized=True, name="bn_neck")(pooled)
+            model = keras.Model(images, {"pooled": pooled, "neck": neck})
+            memory = MemoryBank(8, 4)
+        memory.variable.assign((rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype("f4"))
+        learner = train_step.Learner(
+            strategy, model, memory, loss=config_lib.LossConfig(), lr=0.1, backbone_lr_mult=0.1,
+            momentum=0.9, nesterov=True, weight_decay=5e-4,
+            augment_images=(pipeline.device_augmentation(size, augment)
+                            if augment_on == "device" else None))
+        batches = pipeline.make_train_dataset(paths, [0] * 8, range(8), image_size=size,
+                                              batch_size=4, seed=3, epoch=0, augment=augment,
+                                              augment_on=augment_on)
+        losses = [float(learner.step(batch, 0.5, targets="one_hot", joint=False)["loss"])
+                  for batch in strategy.experimental_distribute_dataset(batches)]
+        return {"losses": losses, "memory": memory.numpy().tolist(),
+                "weights": [v.numpy().tolist() for v in model.trainable_variables]}
+
+    print(json.dumps({"two_device": train(["/cpu:0", "/cpu:1"], "device"),
+                      "one_device": train(["/cpu:0"], "device"),
+                      "one_input": train(["/cpu:0"], "input")}))
+""")
+
+
+def test_a_two_replica_device_augmented_step_is_the_one_replica_input_augmented_step(
+        run_json_script):
+    runs = run_json_script(_DEVICE_AUGMENT_SCRIPT, timeout=300)
+    expected = runs["one_input"]
+    assert len(expected["losses"]) == 2
+    for name in ("one_device", "two_device"):
+        np.testing.assert_allclose(runs[name]["losses"], expected["losses"], atol=1e-5)
+        np.testing.assert_allclose(runs[name]["memory"], expected["memory"], atol=1e-5)
+        for got, want in zip(runs[name]["weights"], expected["weights"]):
+            np.testing.assert_allclose(got, want, atol=1e-5)

@@ -5,21 +5,28 @@ for JPEG, of its end-of-image marker) makes iteration fail with an InvalidArgume
 the file when it is empty, truncated or not an image; damage inside a complete file still fails
 with TensorFlow's decode error, which does not name it. The dataset readers check every image
 up front (mlc_tf.data.datasets, `verify_images=True` / `skip_corrupt=True`).
+
+Training epochs read the files, or a DecodedImages cache of them (decode_images: the same pixels,
+decoded once). They augment on the input side (augment_on='input'), or leave the augmentation to
+the training step (augment_on='device': device_augmentation runs it in the replica context).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from mlc_tf.config import AugmentConfig
-from mlc_tf.data import sampler
-from mlc_tf.data.augment import augment_image, sample_seed
+from mlc_tf.data import decode_cache, sampler
+from mlc_tf.data.augment import augment_batch, augment_image, augment_params, sample_seed
 
-__all__ = ["load_image", "make_eval_dataset", "make_train_dataset",
-           "make_pk_dataset", "train_steps_per_epoch", "pk_steps_per_epoch"]
+__all__ = ["load_image", "make_eval_dataset", "make_train_dataset", "make_pk_dataset",
+           "train_steps_per_epoch", "pk_steps_per_epoch", "decode_images",
+           "device_augmentation", "AUGMENT_ON"]
+
+AUGMENT_ON = ("input", "device")
 
 # Stream tags mixed into the NumPy seeds so the samplers never share a random stream.
 _ORDER_STREAM, _PK_STREAM, _CAMSTYLE_STREAM = 0, 1, 2
@@ -100,26 +107,74 @@ def pk_steps_per_epoch(pseudo_labels: np.ndarray, batch_size: int) -> int:
 
 def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray,
                        labels: np.ndarray | None, *, image_size: tuple[int, int],
-                       batch_size: int, seed: int, epoch: int,
-                       augment: AugmentConfig) -> tf.data.Dataset:
-    """Decodes and augments samples already in epoch order; the position seeds each image."""
+                       batch_size: int, seed: int, epoch: int, augment: AugmentConfig,
+                       decoded: decode_cache.DecodedImages | None,
+                       augment_on: str) -> tf.data.Dataset:
+    """Decodes (or looks up) and augments samples already in epoch order; the position seeds
+    each image. With augment_on='device' the batch holds the decoded images and the
+    augmentation's draws from their seeds."""
+    if augment_on not in AUGMENT_ON:
+        raise ValueError(f"augment_on={augment_on!r}; expected one of {AUGMENT_ON}")
     size = tuple(int(v) for v in image_size)
-    columns = {"path": tf.constant(paths, tf.string), "index": tf.constant(indices, tf.int32),
-               "camid": tf.constant(camids, tf.int32),
+    columns = {"index": tf.constant(indices, tf.int32), "camid": tf.constant(camids, tf.int32),
                "position": tf.range(len(paths), dtype=tf.int64)}
+    if decoded is None:
+        columns["path"] = tf.constant(paths, tf.string)
+    else:
+        columns["row"] = tf.constant(decoded.rows(paths), tf.int32)
     if labels is not None:
         columns["label"] = tf.constant(labels, tf.int32)
 
     def load(sample):
-        image = augment_image(_decode(sample.pop("path")),
-                              sample_seed(seed, epoch, sample.pop("position")), size, augment)
-        return {"image": image, **sample}
+        image = _decode(sample.pop("path")) if decoded is None else decoded.image(sample.pop("row"))
+        image_seed = sample_seed(seed, epoch, sample.pop("position"))
+        if augment_on == "device":
+            return {"image": image, "augment": augment_params(tf.shape(image)[:2], image_seed,
+                                                              size, augment), **sample}
+        return {"image": augment_image(image, image_seed, size, augment), **sample}
 
+    samples = (tf.data.Dataset.from_tensor_slices(columns)
+               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
     # The batch is static (drop_remainder) so MirroredStrategy splits it evenly over replicas.
-    return (tf.data.Dataset.from_tensor_slices(columns)
-            .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .batch(batch_size, drop_remainder=True)
-            .prefetch(tf.data.AUTOTUNE))
+    # Decoded images of different sizes are zero-padded to the largest of their batch.
+    batches = (samples.padded_batch(batch_size, drop_remainder=True) if augment_on == "device"
+               else samples.batch(batch_size, drop_remainder=True))
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def device_augmentation(image_size: tuple[int, int],
+                        augment: AugmentConfig) -> Callable[[dict], tf.Tensor]:
+    """The step-side half of augment_on='device': batch -> float32 (B, H, W, 3) images.
+
+    Call it in the replica context: each sample is augmented by its own seed, so the images do
+    not depend on how the global batch is split over replicas.
+    """
+    size = tuple(int(v) for v in image_size)
+
+    def augment_images(batch: dict) -> tf.Tensor:
+        return augment_batch(batch["image"], batch["augment"], size, augment)
+
+    return augment_images
+
+
+def decode_images(mode: str, paths: Sequence[str],
+                  camstyle: Sequence[Sequence[str]] | None = None, *,
+                  budget_bytes: int) -> decode_cache.DecodedImages | None:
+    """The decode cache of a training set (decode_cache.for_training), CamStyle views included.
+
+    Args:
+        mode: 'auto', 'memory' or 'none'.
+        paths: image files.
+        camstyle: (N, C) view paths of each sample, or None.
+        budget_bytes: the most host memory the decoded pixels may take.
+
+    Returns:
+        the cache for make_train_dataset / make_pk_dataset, or None (decode every epoch).
+    """
+    files = list(paths)
+    if camstyle is not None:
+        files += [view for row in camstyle for view in row]
+    return decode_cache.for_training(mode, files, _decode, budget_bytes)
 
 
 def _epoch_files(paths: np.ndarray, camstyle: np.ndarray | None, order: np.ndarray, seed: int,
@@ -166,7 +221,9 @@ def _check_columns(paths: Sequence[str], camids: Sequence[int],
 def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int], *,
                        image_size: tuple[int, int], batch_size: int, seed: int, epoch: int,
                        augment: AugmentConfig,
-                       camstyle: Sequence[Sequence[str]] | None = None) -> tf.data.Dataset:
+                       camstyle: Sequence[Sequence[str]] | None = None,
+                       decoded: decode_cache.DecodedImages | None = None,
+                       augment_on: str = "input") -> tf.data.Dataset:
     """One epoch over all samples, each at most once, in an order fixed by (seed, epoch).
 
     The final partial batch is dropped (static batch shape for MirroredStrategy), so
@@ -184,13 +241,20 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
         camstyle: (N, C) view paths of each sample (mlc_tf.data.camstyle); each draw of a
             sample reads the view of a camera drawn uniformly, fixed by (seed, epoch). None =
             always the image itself.
+        decoded: the decoded images of every file read (decode_images); None = decode the
+            files. The batches are the same either way.
+        augment_on: 'input' (augment here) or 'device' (device_augmentation, in the step).
 
     Returns:
         Dataset of {'image': float32 (B, H, W, 3), 'index': int32 (B,), 'camid': int32 (B,)};
-        never the true identity. A view keeps its sample's index and camid.
+        never the true identity. A view keeps its sample's index and camid. With
+        augment_on='device', 'image' is the decoded uint8 (B, h, w, 3), zero-padded to the
+        batch's largest image, plus 'augment': the augment_params of each image, drawn
+        from its seed.
 
     Raises:
-        ValueError: mismatched lengths, repeated indices, or fewer samples than batch_size.
+        ValueError: mismatched lengths, repeated indices, fewer samples than batch_size, a
+            file decoded lacks, or an unknown augment_on.
     """
     paths, camids, indices = _check_columns(paths, camids, indices)
     camstyle = _check_camstyle(camstyle, len(paths))
@@ -201,14 +265,17 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
     return _augmented_batches(_epoch_files(paths, camstyle, order, seed, epoch), camids[order],
                               indices[order], None,
                               image_size=image_size, batch_size=batch_size, seed=seed,
-                              epoch=epoch, augment=augment)
+                              epoch=epoch, augment=augment, decoded=decoded,
+                              augment_on=augment_on)
 
 
 def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int],
                     pseudo_labels: Sequence[int], *, num_instances: int, batch_size: int,
                     image_size: tuple[int, int], seed: int, epoch: int, augment: AugmentConfig,
                     camera_aware: bool = False,
-                    camstyle: Sequence[Sequence[str]] | None = None) -> tf.data.Dataset:
+                    camstyle: Sequence[Sequence[str]] | None = None,
+                    decoded: decode_cache.DecodedImages | None = None,
+                    augment_on: str = "input") -> tf.data.Dataset:
     """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
 
     Every batch is P = batch_size / K clusters x K samples, so every sample has a same-label
@@ -224,6 +291,7 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
         image_size, seed, epoch, augment: as make_train_dataset.
         camera_aware: mix cameras within each cluster's group of a batch.
         camstyle: as make_train_dataset; a view keeps its sample's pseudo label.
+        decoded, augment_on: as make_train_dataset.
 
     Returns:
         Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
@@ -242,5 +310,6 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
     return _augmented_batches(_epoch_files(paths, camstyle, order, seed, epoch), camids[order],
                               indices[order], labels[order],
                               image_size=image_size, batch_size=batch_size, seed=seed,
-                              epoch=epoch, augment=augment)
+                              epoch=epoch, augment=augment, decoded=decoded,
+                              augment_on=augment_on)
 
