@@ -101,8 +101,13 @@ def pk_steps_per_epoch(pseudo_labels: np.ndarray, batch_size: int) -> int:
 def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray,
                        labels: np.ndarray | None, *, image_size: tuple[int, int],
                        batch_size: int, seed: int, epoch: int,
-                       augment: AugmentConfig) -> tf.data.Dataset:
-    """Decodes and augments samples already in epoch order; the position seeds each image."""
+                       augment: AugmentConfig,
+                       shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+    """Decodes and augments samples already in epoch order; the position seeds each image.
+
+    With shard (i, n) only the i-th of n consecutive equal parts of every batch is decoded
+    and yielded (a worker's part of the global batch).
+    """
     size = tuple(int(v) for v in image_size)
     columns = {"path": tf.constant(paths, tf.string), "index": tf.constant(indices, tf.int32),
                "camid": tf.constant(camids, tf.int32),
@@ -115,8 +120,17 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
                               sample_seed(seed, epoch, sample.pop("position")), size, augment)
         return {"image": image, **sample}
 
+    if not 0 <= shard[0] < shard[1] or batch_size % shard[1]:
+        raise ValueError(f"shard {tuple(shard)} must be (i, n) with 0 <= i < n and n dividing "
+                         f"the batch size {batch_size}")
+    samples = tf.data.Dataset.from_tensor_slices(columns)
+    if shard[1] > 1:
+        part = batch_size // shard[1]
+        samples = samples.filter(lambda sample: sample["position"] % batch_size // part
+                                 == shard[0])
+        batch_size = part
     # The batch is static (drop_remainder) so MirroredStrategy splits it evenly over replicas.
-    return (tf.data.Dataset.from_tensor_slices(columns)
+    return (samples
             .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size, drop_remainder=True)
             .prefetch(tf.data.AUTOTUNE))
@@ -166,7 +180,8 @@ def _check_columns(paths: Sequence[str], camids: Sequence[int],
 def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int], *,
                        image_size: tuple[int, int], batch_size: int, seed: int, epoch: int,
                        augment: AugmentConfig,
-                       camstyle: Sequence[Sequence[str]] | None = None) -> tf.data.Dataset:
+                       camstyle: Sequence[Sequence[str]] | None = None,
+                       shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """One epoch over all samples, each at most once, in an order fixed by (seed, epoch).
 
     The final partial batch is dropped (static batch shape for MirroredStrategy), so
@@ -184,6 +199,8 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
         camstyle: (N, C) view paths of each sample (mlc_tf.data.camstyle); each draw of a
             sample reads the view of a camera drawn uniformly, fixed by (seed, epoch). None =
             always the image itself.
+        shard: (worker index i, workers n): yield only the i-th of n consecutive equal parts
+            of every batch (batch_size / n samples), decoding nothing else.
 
     Returns:
         Dataset of {'image': float32 (B, H, W, 3), 'index': int32 (B,), 'camid': int32 (B,)};
@@ -201,14 +218,15 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
     return _augmented_batches(_epoch_files(paths, camstyle, order, seed, epoch), camids[order],
                               indices[order], None,
                               image_size=image_size, batch_size=batch_size, seed=seed,
-                              epoch=epoch, augment=augment)
+                              epoch=epoch, augment=augment, shard=shard)
 
 
 def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int],
                     pseudo_labels: Sequence[int], *, num_instances: int, batch_size: int,
                     image_size: tuple[int, int], seed: int, epoch: int, augment: AugmentConfig,
                     camera_aware: bool = False,
-                    camstyle: Sequence[Sequence[str]] | None = None) -> tf.data.Dataset:
+                    camstyle: Sequence[Sequence[str]] | None = None,
+                    shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
 
     Every batch is P = batch_size / K clusters x K samples, so every sample has a same-label
@@ -224,6 +242,7 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
         image_size, seed, epoch, augment: as make_train_dataset.
         camera_aware: mix cameras within each cluster's group of a batch.
         camstyle: as make_train_dataset; a view keeps its sample's pseudo label.
+        shard: as make_train_dataset.
 
     Returns:
         Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
@@ -242,5 +261,5 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
     return _augmented_batches(_epoch_files(paths, camstyle, order, seed, epoch), camids[order],
                               indices[order], labels[order],
                               image_size=image_size, batch_size=batch_size, seed=seed,
-                              epoch=epoch, augment=augment)
+                              epoch=epoch, augment=augment, shard=shard)
 
