@@ -98,7 +98,6 @@ def make_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
 
     Raises:
         TFConfigError: a malformed TF_CONFIG.
-        RuntimeError: TensorFlow already ran ops in this process.
     """
     environment_task()
     implementation = (tf.distribute.experimental.CommunicationImplementation.NCCL
