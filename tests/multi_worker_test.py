@@ -77,10 +77,14 @@ def _step_worker(mode: str, data_dir: str, out: str):
         strategy, BATCH, lambda shard: train._epoch_dataset(config, data, 0, labels,
                                                             shard=shard)[0])
     learner.new_classifier(4, seed=1)
-    results = {k: float(v) for k, v in learner.step(next(iter(batches)), 0.3, targets="mplp",
+    batch = next(iter(batches))
+    results = {k: float(v) for k, v in learner.step(batch, 0.3, targets="mplp",
                                                     joint=True).items()}
     arrays = {f"weight_{i}": np.asarray(v) for i, v in enumerate(learner.model.weights)}
     arrays["memory"] = learner.memory.numpy()
+    # The slots this process's replicas trained on, in replica order.
+    arrays["indices"] = np.concatenate([np.asarray(part) for part in
+                                        strategy.experimental_local_results(batch["index"])])
     arrays["classifier"] = learner.classifier.kernel.numpy()
     # Clustering of the bank on every worker, and the chief's labels that all train on.
     own = self_paced.recluster(learner.memory.numpy(), config_lib.ClusterConfig(
@@ -202,6 +206,10 @@ def test_two_workers_step_as_one_process_with_two_replicas(tmp_path):
               for name in ("worker0", "worker1", "replicas")]
     stats = [json.load(open(tmp_path / f"{name}.npz.json"))
              for name in ("worker0", "worker1", "replicas")]
+    # Each worker decoded and trained on its own half of the global batch.
+    assert len(arrays[0]["indices"]) == len(arrays[1]["indices"]) == BATCH // 2
+    np.testing.assert_array_equal(np.concatenate([arrays[0]["indices"], arrays[1]["indices"]]),
+                                  arrays[2]["indices"])
     for key in ("loss", "mmcl", "ce", "triplet", "positives"):
         assert stats[0][key] == pytest.approx(stats[2][key], abs=1e-5), key
         assert stats[1][key] == stats[0][key], key
