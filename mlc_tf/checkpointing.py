@@ -53,7 +53,8 @@ class CheckpointWriteError(OSError):
 
 
 class RunState:
-    """Scalars of the outer loop that a resumed run needs (build in strategy scope).
+    """Scalars of the outer loop that a resumed run needs (host-side: build it outside any
+    strategy scope).
 
     Attributes:
         epoch: number of completed epochs (the next epoch to run).
@@ -151,15 +152,18 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str, fingerprint: dict, max_to_keep: int,
-                 train_files: Sequence[str] | None = None):
+                 train_files: Sequence[str] | None = None, write_directory: str | None = None):
         """Args:
             directory: checkpoint folder (created on first save).
             fingerprint: JSON-serialisable description of what the run trains.
             max_to_keep: number of checkpoints kept.
             train_files: training image paths relative to the dataset folder; their digest
                 joins the fingerprint and the sorted list is saved beside the checkpoints.
+            write_directory: where save() writes, when not `directory` (a multi-worker run's
+                other workers save into temporary folders and restore the chief's).
         """
         self.directory = directory
+        self.write_directory = write_directory or directory
         self.max_to_keep = max_to_keep
         self._train_files = None if train_files is None else sorted(train_files)
         if self._train_files is not None:
@@ -263,15 +267,15 @@ class Checkpointer:
                 files are removed.
         """
         name = f"ckpt-step{step}" if step else "ckpt"
-        prefix = os.path.join(self.directory, f"{name}-{epoch}")
-        existing = self._candidates()
+        prefix = os.path.join(self.write_directory, f"{name}-{epoch}")
+        existing = self._candidates(self.write_directory)
         try:
-            os.makedirs(self.directory, exist_ok=True)
+            os.makedirs(self.write_directory, exist_ok=True)
             if self._train_files is not None:
-                _write_json_atomically(os.path.join(self.directory, TRAIN_FILES_FILE),
+                _write_json_atomically(os.path.join(self.write_directory, TRAIN_FILES_FILE),
                                        self._train_files)
             checkpoint = tf.train.Checkpoint(fingerprint=self._fingerprint_var, **objects)
-            manager = tf.train.CheckpointManager(checkpoint, self.directory,
+            manager = tf.train.CheckpointManager(checkpoint, self.write_directory,
                                                  max_to_keep=self.max_to_keep,
                                                  checkpoint_name=name)
             return manager.save(checkpoint_number=epoch)
@@ -283,15 +287,16 @@ class Checkpointer:
                 f"checkpoint ({previous}) is intact: free some disk space and run the same "
                 "command again to resume from it.") from err
 
-    def _candidates(self) -> list[str]:
-        """Checkpoint prefixes, newest first."""
-        state = tf.train.get_checkpoint_state(self.directory)
+    def _candidates(self, directory: str | None = None) -> list[str]:
+        """Checkpoint prefixes of `directory` (default self.directory), newest first."""
+        directory = directory or self.directory
+        state = tf.train.get_checkpoint_state(directory)
         if state is not None:
             paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-            return [p if os.path.isabs(p) else os.path.join(self.directory, p)
+            return [p if os.path.isabs(p) else os.path.join(directory, p)
                     for p in reversed(paths)]
         # No or an unreadable state file: the checkpoints on disk, newest first.
-        indexes = sorted(glob.glob(os.path.join(glob.escape(self.directory), "*.index")),
+        indexes = sorted(glob.glob(os.path.join(glob.escape(directory), "*.index")),
                          key=os.path.getmtime, reverse=True)
         return [index[:-len(".index")] for index in indexes]
 

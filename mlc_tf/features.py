@@ -126,8 +126,8 @@ def score(query: np.ndarray, gallery: np.ndarray, query_samples: Sequence,
 
 
 def evaluate(extractor: Callable, dataset, *, image_size: Sequence[int], batch_size: int = 128,
-             metric: str = "euclidean", rerank: bool = False,
-             progress: bool = False) -> Evaluation:
+             metric: str = "euclidean", rerank: bool = False, progress: bool = False,
+             extract: Callable[..., np.ndarray] | None = None) -> Evaluation:
     """Extracts query and gallery features and scores them with the Market protocol.
 
     Args:
@@ -137,14 +137,17 @@ def evaluate(extractor: Callable, dataset, *, image_size: Sequence[int], batch_s
         batch_size: images per call.
         metric, rerank: as score.
         progress: progress bars.
+        extract: extract_features (the default) or a function of its signature, such as
+            multi_worker.extract_split's share of the work.
 
     Returns:
         the Evaluation ('seconds' includes the extraction).
     """
     start = time.time()
-    query = extract_features(extractor, [s.path for s in dataset.query], image_size=image_size,
+    extract = extract or extract_features
+    query = extract(extractor, [s.path for s in dataset.query], image_size=image_size,
                              batch_size=batch_size, progress=progress, progress_label="query")
-    gallery = extract_features(extractor, [s.path for s in dataset.gallery],
+    gallery = extract(extractor, [s.path for s in dataset.gallery],
                                image_size=image_size, batch_size=batch_size, progress=progress,
                                progress_label="gallery")
     scored = score(query, gallery, dataset.query, dataset.gallery, metric=metric, rerank=rerank)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 
@@ -19,6 +20,7 @@ from mlc_tf import export as export_lib
 from mlc_tf import features as features_lib
 from mlc_tf import memory as memory_lib
 from mlc_tf import model as model_lib
+from mlc_tf import multi_worker
 from mlc_tf import pictures
 from mlc_tf import self_paced
 from mlc_tf import summaries
@@ -38,8 +40,21 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or Inf; the message names the epoch and step."""
 
 
-def make_strategy(devices=()) -> tf.distribute.MirroredStrategy:
-    """MirroredStrategy over `devices`, else every visible GPU, else the CPU."""
+def make_strategy(devices=()) -> tf.distribute.Strategy:
+    """MultiWorkerMirroredStrategy when TF_CONFIG names several workers (each over its local
+    GPUs, else its CPU; `devices` must then be empty), else MirroredStrategy over `devices`,
+    else every visible GPU, else the CPU.
+
+    Raises:
+        multi_worker.TFConfigError: a malformed TF_CONFIG.
+        ValueError: devices with several workers.
+    """
+    task = multi_worker.environment_task()
+    if task is not None and len(task.workers) > 1:
+        if devices:
+            raise ValueError(f"--devices={','.join(devices)} cannot be combined with the "
+                             f"{len(task.workers)} workers of TF_CONFIG")
+        return multi_worker.make_strategy()
     if not devices:
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] or ["/device:CPU:0"]
@@ -141,10 +156,14 @@ def run(config: config_lib.Config, workdir: str, *,
     an epoch: with the steps done) and returns; running again continues from that step, with
     the batches an uninterrupted run would have trained on.
 
+    Under a MultiWorkerMirroredStrategy every worker runs this with the same arguments; only
+    the chief (worker 0) writes `workdir`, the others write into temporary folders they delete
+    (multi_worker.write_dir) and restore from the chief's checkpoints.
+
     Returns:
         {'epochs_done', 'export' (path or None), 'eval' (last evaluation or {}),
         'interrupted' (the signal's name, e.g. 'SIGTERM', or None), 'checkpoint' (newest path
-        or None)}.
+        or None)}; on the other workers the paths are those the chief writes.
 
     Raises:
         checkpointing.CheckpointMismatchError: the workdir holds a checkpoint of another
@@ -154,22 +173,35 @@ def run(config: config_lib.Config, workdir: str, *,
             the previous one is kept.
         NonFiniteLossError: the loss became NaN or Inf; the last checkpoint is kept.
     """
-    with checkpointing.StopRequest() as stop:
-        return _run(config, workdir, stop, strategy=strategy, data=data,
-                    stop_after_epoch=stop_after_epoch, verbose=verbose)
+    # Created before any other TensorFlow op: a MultiWorkerMirroredStrategy needs that.
+    strategy = strategy or make_strategy(config.train.devices)
+    collectives = multi_worker.Collectives(strategy)
+    with checkpointing.StopRequest() as stop, multi_worker.write_dir(workdir, strategy) as output:
+        if collectives.num_workers > 1:
+            stop = multi_worker.AgreedStop(stop, collectives)
+        result = _run(config, output, stop, strategy=strategy, collectives=collectives,
+                      data=data, stop_after_epoch=stop_after_epoch, verbose=verbose,
+                      read_dir=workdir)
+    if output == workdir:
+        return result
+    # The other workers' paths pointed into their deleted folders: name the chief's.
+    return {**result, **{key: os.path.join(workdir, os.path.relpath(result[key], output))
+                         for key in ("export", "checkpoint")
+                         if result[key] and result[key].startswith(output + os.sep)}}
 
 
 def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopRequest, *,
-         strategy: tf.distribute.Strategy | None, data: datasets.ReidDataset | None,
-         stop_after_epoch: int | None, verbose: bool) -> dict:
-    """run(), with `stop` telling when a signal asked to stop."""
+         strategy: tf.distribute.Strategy, collectives: multi_worker.Collectives,
+         data: datasets.ReidDataset | None, stop_after_epoch: int | None, verbose: bool,
+         read_dir: str) -> dict:
+    """run(), writing into `workdir`, restoring from `read_dir`'s checkpoints, with `stop`
+    telling when a signal asked to stop."""
     os.makedirs(workdir, exist_ok=True)
     config_lib.save_json(config, os.path.join(workdir, checkpointing.CONFIG_FILE))
     train_cfg, model_cfg = config.train, config.model
     keras.utils.set_random_seed(train_cfg.seed)
     keras.mixed_precision.set_global_policy(
         "mixed_bfloat16" if train_cfg.mixed_precision else "float32")
-    strategy = strategy or make_strategy(train_cfg.devices)
     replicas = strategy.num_replicas_in_sync
     if config.data.batch_size % replicas:
         raise ValueError(f"batch_size {config.data.batch_size} is not divisible by the "
@@ -179,6 +211,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                camstyle=config.data.camstyle, **config.data.options())
     registry.check_dataset_supports(config, data)
     num_train = len(data.train)
+    verbose = verbose and collectives.is_chief
     if verbose:
         print(console.format_header(
             data.name, num_train=num_train, num_query=len(data.query),
@@ -189,8 +222,10 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
     known_pids = pids if self_paced.identities_known(pids) else None  # diagnostics only
     labels_from = self_paced.label_source(config, pids, camids)
     learner = build(config, strategy, num_train, slot_pids=known_pids, slot_cameras=camids)
+    # Host-side values, outside the scope: MultiWorkerMirroredStrategy cannot broadcast the
+    # initial value of a string variable.
+    state = checkpointing.RunState()
     with strategy.scope():
-        state = checkpointing.RunState()
         clusters = self_paced.ClusterState(num_train)
     fingerprint = {"dataset": data.name, "num_train": num_train,
                    "feature_dim": model_lib.feature_dim(model_cfg.backbone, model_cfg.multiscale),
@@ -199,19 +234,22 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
     if train_cfg.supervised:
         fingerprint["supervised"] = True
     checkpointer = checkpointing.Checkpointer(
-        os.path.join(workdir, checkpointing.CHECKPOINT_DIR), fingerprint,
+        os.path.join(read_dir, checkpointing.CHECKPOINT_DIR), fingerprint,
         train_cfg.keep_checkpoints,
-        train_files=[os.path.relpath(s.path, data.root) for s in data.train])
+        train_files=[os.path.relpath(s.path, data.root) for s in data.train],
+        write_directory=os.path.join(workdir, checkpointing.CHECKPOINT_DIR))
     start_epoch, start_step = _restore(checkpointer, learner, state, clusters, train_cfg.seed)
     writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
     eval_embed = features_lib.make_embedder(learner.model, model_cfg.eval_feature)
     cluster_embed = features_lib.make_embedder(learner.model, "pooled")
     decoded = _decoded_images(config.data, data)
+    # Each worker extracts its share of the images; all get all the features.
+    extract = functools.partial(collectives.extract_split, features_lib.extract_features)
 
     def cluster_features() -> np.ndarray:
         if config.cluster.cluster_features == "extract":
             # Pre-BN, L2-normalised, as Cluster Contrast re-extracts them (spec §6.2).
-            return features_lib.extract_features(
+            return extract(
                 cluster_embed, [s.path for s in data.train], image_size=config.data.image_size,
                 batch_size=config.data.eval_batch_size)
         return learner.memory.numpy()
@@ -238,6 +276,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
             labelled = labels_from.next_round(cluster_features, seed=train_cfg.seed + epoch,
                                               eps=clusters.fixed_eps(),
                                               independence=clusters.fixed_independence())
+            labelled = _chief_round(collectives, labelled)
             clusters.assign(labelled)
             _new_classifier(learner, clusters, train_cfg.seed * 1000 + epoch,
                             config.loss.classifier_init)
@@ -249,12 +288,15 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
         joint = plan.self_paced and clusters.num_classes > 0
         if plan.targets == "mplp":
             learner.refresh_mplp_graph(seed=train_cfg.seed + epoch)
-        batches, steps = _epoch_dataset(config, data, epoch,
-                                        clusters.labels.numpy() if joint else None,
-                                        skip=len(trained), decoded=decoded)
-        trained = _train_epoch(learner, strategy.experimental_distribute_dataset(batches),
-                               steps, alpha, plan.targets, joint=joint, epoch=epoch,
-                               epochs=train_cfg.epochs, lr=lr, verbose=verbose,
+            _share_chief_graph(collectives, learner)
+        labels = clusters.labels.numpy() if joint else None
+        batches = multi_worker.distribute_batches(
+            strategy, config.data.batch_size,
+            lambda shard: _epoch_dataset(config, data, epoch, labels, skip=len(trained),
+                                         shard=shard, decoded=decoded)[0])
+        steps = _epoch_steps(config, len(data.train), labels)
+        trained = _train_epoch(learner, batches, steps, alpha, plan.targets, joint=joint,
+                               epoch=epoch, epochs=train_cfg.epochs, lr=lr, verbose=verbose,
                                trained=trained, stop=stop)
         if stop.requested:
             state.set_position(epoch, trained, scalars)
@@ -265,7 +307,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                      or epoch + 1 == train_cfg.epochs):
             last_eval = features_lib.evaluate(
                 eval_embed, data, image_size=config.data.image_size,
-                batch_size=config.data.eval_batch_size).metrics
+                batch_size=config.data.eval_batch_size, extract=extract).metrics
             scalars.update({"eval/mAP": last_eval["mAP"], "eval/rank1": last_eval["rank1"]})
             if verbose:
                 print(f"  eval after epoch {epoch + 1}: "
@@ -334,6 +376,34 @@ def _restore(checkpointer: checkpointing.Checkpointer, learner: train_step.Learn
     return stored["epoch"], stored["step"]
 
 
+def _chief_round(collectives: multi_worker.Collectives,
+                 labelled: self_paced.Round) -> self_paced.Round:
+    """The chief's labelling round, on every worker.
+
+    Every worker clusters the same features, but approximate neighbours and DBSCAN need not be
+    bit-identical across hosts; the chief's labels are the ones trained on.
+    """
+    if collectives.num_workers == 1:
+        return labelled
+    labels = collectives.broadcast_from_chief(labelled.labels)
+    if not np.array_equal(labels, labelled.labels):
+        logging.warning("this worker's clustering differs from the chief's in %d of %d labels; "
+                        "training on the chief's", int(np.sum(labels != labelled.labels)),
+                        len(labels))
+    rest = collectives.broadcast_json({"scalars": labelled.scalars, "eps": labelled.eps,
+                                       "independence": labelled.independence})
+    return self_paced.Round(labels, rest["scalars"], rest["eps"], rest["independence"])
+
+
+def _share_chief_graph(collectives: multi_worker.Collectives,
+                       learner: train_step.Learner) -> None:
+    """Gives every worker the chief's kNN graph of the memory (an approximate search need not
+    agree across hosts)."""
+    graph = learner.memory.neighbours if learner.memory is not None else None
+    if graph is not None and collectives.num_workers > 1:
+        graph.assign(collectives.broadcast_from_chief(graph.numpy()))
+
+
 def _log_round(epoch: int, labelled: self_paced.Round, batch_size: int, verbose: bool) -> None:
     scalars = labelled.scalars
     found = (f"{int(scalars['cluster/num_clusters'])} clusters, "
@@ -378,13 +448,24 @@ def _decoded_images(data_cfg: config_lib.DataConfig, data):
     return decoded
 
 
-def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None,
-                   skip: int = 0, decoded=None) -> tuple[tf.data.Dataset, int]:
+def _epoch_steps(config, num_train: int, labels: np.ndarray | None) -> int:
+    """Batches of one epoch (_epoch_dataset's), those a resumed epoch skips included."""
+    batch_size = config.data.batch_size
+    steps = (pipeline.train_steps_per_epoch(num_train, batch_size) if labels is None
+             else pipeline.pk_steps_per_epoch(labels, batch_size))
+    return min(steps, config.train.steps_per_epoch) if config.train.steps_per_epoch else steps
+
+
+def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None, skip: int = 0,
+                   shard: tuple[int, int] = (0, 1),
+                   decoded=None) -> tuple[tf.data.Dataset, int]:
     """(batches, number of batches) of one epoch: all images, or PK batches over labels.
 
     The first `skip` batches are left out (a resumed epoch): the batches, their augmentation
     included, are a function of (seed, epoch, position) only, so the rest are unchanged. The
-    number of batches counts them. decoded: the run's decode cache, or None.
+    number of batches counts them. With shard (worker i, workers n), each batch is the i-th
+    of n consecutive parts of the global batch (pipeline's shard). decoded: the run's decode
+    cache, or None.
     """
     data_cfg = config.data
     paths = [s.path for s in data.train]
@@ -393,19 +474,16 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None,
     common = dict(image_size=tuple(data_cfg.image_size), batch_size=data_cfg.batch_size,
                   seed=config.train.seed, epoch=epoch, augment=config.augment,
                   camstyle=data.camstyle if data_cfg.camstyle else None, decoded=decoded,
-                  augment_on=data_cfg.augment_on)
+                  augment_on=data_cfg.augment_on, shard=shard)
     if labels is None:
         batches = pipeline.make_train_dataset(paths, camids, indices, **common)
-        steps = pipeline.train_steps_per_epoch(len(paths), data_cfg.batch_size)
     else:
         batches = pipeline.make_pk_dataset(paths, camids, indices, labels,
                                            num_instances=data_cfg.num_instances,
                                            camera_aware=data_cfg.camera_aware_sampler, **common)
-        steps = pipeline.pk_steps_per_epoch(labels, data_cfg.batch_size)
     if config.train.steps_per_epoch:
         batches = batches.take(config.train.steps_per_epoch)
-        steps = min(steps, config.train.steps_per_epoch)
-    return batches.skip(skip), steps
+    return batches.skip(skip), _epoch_steps(config, len(paths), labels)
 
 
 def _train_epoch(learner, batches, steps: int, alpha: float, targets: str, *, joint: bool,

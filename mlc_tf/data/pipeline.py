@@ -109,10 +109,14 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
                        labels: np.ndarray | None, *, image_size: tuple[int, int],
                        batch_size: int, seed: int, epoch: int, augment: AugmentConfig,
                        decoded: decode_cache.DecodedImages | None,
-                       augment_on: str) -> tf.data.Dataset:
+                       augment_on: str, shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """Decodes (or looks up) and augments samples already in epoch order; the position seeds
     each image. With augment_on='device' the batch holds the decoded images and the
-    augmentation's draws from their seeds."""
+    augmentation's draws from their seeds.
+
+    With shard (i, n) only the i-th of n consecutive equal parts of every batch is decoded
+    and yielded (a worker's part of the global batch).
+    """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on={augment_on!r}; expected one of {AUGMENT_ON}")
     size = tuple(int(v) for v in image_size)
@@ -133,8 +137,16 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
                                                               size, augment), **sample}
         return {"image": augment_image(image, image_seed, size, augment), **sample}
 
-    samples = (tf.data.Dataset.from_tensor_slices(columns)
-               .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    if not 0 <= shard[0] < shard[1] or batch_size % shard[1]:
+        raise ValueError(f"shard {tuple(shard)} must be (i, n) with 0 <= i < n and n dividing "
+                         f"the batch size {batch_size}")
+    samples = tf.data.Dataset.from_tensor_slices(columns)
+    if shard[1] > 1:
+        part = batch_size // shard[1]
+        samples = samples.filter(lambda sample: sample["position"] % batch_size // part
+                                 == shard[0])
+        batch_size = part
+    samples = samples.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # The batch is static (drop_remainder) so MirroredStrategy splits it evenly over replicas.
     # Decoded images of different sizes are zero-padded to the largest of their batch.
     batches = (samples.padded_batch(batch_size, drop_remainder=True) if augment_on == "device"
@@ -223,7 +235,8 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
                        augment: AugmentConfig,
                        camstyle: Sequence[Sequence[str]] | None = None,
                        decoded: decode_cache.DecodedImages | None = None,
-                       augment_on: str = "input") -> tf.data.Dataset:
+                       augment_on: str = "input",
+                       shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """One epoch over all samples, each at most once, in an order fixed by (seed, epoch).
 
     The final partial batch is dropped (static batch shape for MirroredStrategy), so
@@ -244,6 +257,8 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
         decoded: the decoded images of every file read (decode_images); None = decode the
             files. The batches are the same either way.
         augment_on: 'input' (augment here) or 'device' (device_augmentation, in the step).
+        shard: (worker index i, workers n): yield only the i-th of n consecutive equal parts
+            of every batch (batch_size / n samples), decoding nothing else.
 
     Returns:
         Dataset of {'image': float32 (B, H, W, 3), 'index': int32 (B,), 'camid': int32 (B,)};
@@ -266,7 +281,7 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
                               indices[order], None,
                               image_size=image_size, batch_size=batch_size, seed=seed,
                               epoch=epoch, augment=augment, decoded=decoded,
-                              augment_on=augment_on)
+                              augment_on=augment_on, shard=shard)
 
 
 def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int],
@@ -275,7 +290,8 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
                     camera_aware: bool = False,
                     camstyle: Sequence[Sequence[str]] | None = None,
                     decoded: decode_cache.DecodedImages | None = None,
-                    augment_on: str = "input") -> tf.data.Dataset:
+                    augment_on: str = "input",
+                    shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
 
     Every batch is P = batch_size / K clusters x K samples, so every sample has a same-label
@@ -291,7 +307,7 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
         image_size, seed, epoch, augment: as make_train_dataset.
         camera_aware: mix cameras within each cluster's group of a batch.
         camstyle: as make_train_dataset; a view keeps its sample's pseudo label.
-        decoded, augment_on: as make_train_dataset.
+        decoded, augment_on, shard: as make_train_dataset.
 
     Returns:
         Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
@@ -311,5 +327,5 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
                               indices[order], labels[order],
                               image_size=image_size, batch_size=batch_size, seed=seed,
                               epoch=epoch, augment=augment, decoded=decoded,
-                              augment_on=augment_on)
+                              augment_on=augment_on, shard=shard)
 
