@@ -5,6 +5,7 @@ Usage:
   python bench/cluster_bench.py --compare=16522x2048 --backend=ivf   # or --backend=pynndescent
   python bench/cluster_bench.py --compare=1000000x256 --backend=ivf --recall_queries=2000
   python bench/cluster_bench.py --sizes=32621x2048 --generator=noise_dominated
+  python bench/cluster_bench.py --feature_file=features.npz --backend=ivf --knn_recall_floor=0
 
 Each size runs in its own subprocess so that its peak resident memory (ru_maxrss, features
 included) is its own. The generator is fixed: identities of ~20 images seen by 2-6 of 8 cameras,
@@ -12,6 +13,8 @@ a per-camera bias, look-alike identities (families of 4 around a shared parent),
 128-d latent space embedded in d dimensions plus isotropic noise in all d. --generator=
 noise_dominated instead draws identities of ~20 points drowned in isotropic noise, as an early
 network gives (nearest-neighbour cosine about 0.1), where approximate backends lose recall.
+--feature_file clusters the features of a trained network instead (a `bin/extract` .npz of
+Market-style file names, whose leading number is the true identity).
 """
 
 import argparse
@@ -78,6 +81,17 @@ def _generate(n: int, dim: int, generator: str) -> tuple[np.ndarray, np.ndarray]
     return make_features(n, dim)
 
 
+def load_extracted(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features of a `bin/extract` file and the identities in their Market-style file names."""
+    import os
+
+    from mlc_tf.feature_files import load_feature_file
+
+    stored = load_feature_file(path)
+    ids = np.array([int(os.path.basename(name).split("_")[0]) for name in stored.paths])
+    return stored.features, ids
+
+
 def _ari(truth: np.ndarray, labels: np.ndarray) -> float:
     """ARI with each outlier as its own singleton cluster (outliers are not one big cluster)."""
     from sklearn.metrics import adjusted_rand_score
@@ -86,11 +100,11 @@ def _ari(truth: np.ndarray, labels: np.ndarray) -> float:
     return float(adjusted_rand_score(truth, singletons))
 
 
-def run_one(n: int, dim: int, backend: str, generator: str = "project",
-            recall_floor: float = 0.9) -> dict:
+def run_one(x: np.ndarray, ids: np.ndarray, backend: str, recall_floor: float = 0.9) -> dict:
+    """One timed `assign_pseudo_labels` of x, its peak memory and its ARI against ids."""
     from mlc_tf.clustering import assign_pseudo_labels
 
-    x, ids = _generate(n, dim, generator)
+    n, dim = x.shape
     base_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     labels, stats = assign_pseudo_labels(x, knn_backend=backend, knn_recall_floor=recall_floor,
@@ -228,11 +242,16 @@ def main() -> None:
                         help="features of --sizes: the project's generator or noise-dominated")
     parser.add_argument("--knn_recall_floor", type=float, default=0.9,
                         help="recall floor of --sizes runs; 0 only measures (no widening)")
+    parser.add_argument("--feature_file", help="cluster this bin/extract .npz instead of --sizes")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        result = run_one(*_parse(args.one), args.backend, args.generator, args.knn_recall_floor)
+    if args.one or args.feature_file:
+        x, ids = (load_extracted(args.feature_file) if args.feature_file
+                  else _generate(*_parse(args.one), args.generator))
+        result = run_one(x, ids, args.backend, args.knn_recall_floor)
         print("RESULT " + json.dumps(result), flush=True)
+        if args.feature_file:
+            _print_sizes([result])
         return
     if args.compare:
         backend = "pynndescent" if args.backend == "auto" else args.backend

@@ -176,7 +176,7 @@ class ClusterConfig:
         "that clusters can span cameras when camera style dominates the features (used by the "
         "from-scratch synthetic demo).")
     knn_backend: str = _field("auto", "Nearest-neighbour backend of the Jaccard distance.",
-                              ("auto", "exact", "ivf", "pynndescent"))
+                              ("auto", "exact", "ivf", "pynndescent", "faiss_hnsw", "faiss_ivf"))
     knn_recall_floor: float = _field(
         0.9, "Least sampled recall@(k1+1) of approximate neighbours: below it the search is "
         "widened, then replaced by exact neighbours (0 only measures).")

@@ -1,5 +1,8 @@
 """Tests of the nearest-neighbour backends."""
 
+import importlib.util
+import sys
+
 import numpy as np
 import pytest
 
@@ -67,6 +70,28 @@ def test_ivf_recall_on_clustered_data():
     assert recall > 0.9  # 0.946 here; 0.994 on the benchmark's 16,522 x 2,048 features.
     np.testing.assert_array_equal(approx.indices[:, 0], np.arange(3000))
     assert (approx.row_max <= exact.row_max * (1 + 1e-5)).all()  # A lower bound.
+
+
+@pytest.mark.parametrize("backend", ["faiss_hnsw", "faiss_ivf"])
+def test_faiss(backend):
+    pytest.importorskip("faiss")  # Optional extra: only these cases need it.
+    x = _clustered(3000, dim=48, ids=150, seed=5)
+    x = np.concatenate([x, x[:10]])  # Rows 3000..3009 duplicate rows 0..9.
+    exact = knn.neighbours(x, 21, "exact")
+    approx = knn.neighbours(x, 21, backend)
+    np.testing.assert_array_equal(approx.indices[:, 0], np.arange(3010))
+    assert (approx.indices[:10, 1] == np.arange(3000, 3010)).all()
+    listed = ((x[:, None, :] - x[approx.indices]) ** 2).sum(-1)
+    np.testing.assert_allclose(approx.sq_distances, listed, atol=1e-5)  # Re-scored exactly.
+    listed_sorted = np.sort(approx.indices, axis=1)
+    assert (listed_sorted[:, 1:] != listed_sorted[:, :-1]).all()  # Lists are sets.
+    assert _full_recall(approx.indices, exact.indices) > 0.95
+
+
+def test_faiss_missing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # As if not installed.
+    with pytest.raises(ImportError, match="pip install faiss-cpu"):
+        knn.neighbours(_clustered(50), 5, "faiss_hnsw")
 
 
 def test_pynndescent():
@@ -137,12 +162,19 @@ def test_checked_neighbours_widens_or_falls_back():
     assert (unmeasured.action, unmeasured.recall, unmeasured.seconds_recall) == ("none", 1.0, 0.0)
 
 
-def test_backend_choice_and_errors():
+def test_backend_choice_and_errors(monkeypatch):
     assert knn.resolve_backend(1000, 64) == "exact"
     assert knn.resolve_backend(100_000, 256) == "ivf"
+    assert knn.resolve_backend(262_144, 256) == "ivf"  # 4,096 cells of 64 points.
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # faiss "present"
+    assert knn.resolve_backend(262_145, 256) == "faiss_hnsw"
+    assert knn.resolve_backend(262_144, 256) == "ivf"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # faiss absent
+    assert knn.resolve_backend(1_000_000, 256) == "ivf"
+    monkeypatch.undo()
     assert knn.resolve_backend(10, 4, "approx") == "pynndescent"
     with pytest.raises(ValueError, match="backend"):
-        knn.resolve_backend(10, 4, "faiss")
+        knn.resolve_backend(10, 4, "annoy")
     with pytest.raises(ValueError, match="k must be"):
         knn.neighbours(np.zeros((3, 2), np.float32), 4, "exact")
     with pytest.raises(ValueError, match="width"):

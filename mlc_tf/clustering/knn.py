@@ -1,5 +1,6 @@
-"""Nearest neighbours for the Jaccard distance: exact, IVF or pynndescent, and their recall."""
+"""Nearest neighbours for the Jaccard distance (exact, ivf, pynndescent, faiss), with recall."""
 
+import importlib.util
 import sys
 import time
 from typing import NamedTuple
@@ -34,7 +35,14 @@ RECALL_QUERIES = 256
 # more candidates.
 _WIDER = 4
 
-BACKENDS = ("auto", "exact", "ivf", "pynndescent")
+BACKENDS = ("auto", "exact", "ivf", "pynndescent", "faiss_hnsw", "faiss_ivf")
+# faiss HNSW graph: links per node and candidate list while building; the search list is
+# _HNSW_SEARCH times k, times the width.
+_HNSW_LINKS = 32
+_HNSW_BUILD = 40
+_HNSW_SEARCH = 3
+# faiss IVF-flat: cells probed per query at width 1 (cells as for ivf, _CELL_SIZE points each).
+_FAISS_PROBES = 16
 
 
 class Neighbours(NamedTuple):
@@ -57,14 +65,16 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
     """Returns the concrete backend for a request ('approx' is an alias of 'pynndescent').
 
     'exact' compares all pairs in the full dimension (TensorFlow, GPU when present). 'ivf' is an
-    inverted-file search: k-means cells (about 64 points each) in a 128-d random projection,
-    every point filed in its 4 nearest cells, exact full-dimension distances between each point
-    and the members of its nearest cell; no numba start-up cost and far fewer products than all
-    pairs. 'pynndescent' builds an NN-descent graph (on a 128-d random projection when d > 256)
-    and re-scores 2k + 10 candidates in the full dimension. 'auto' picks exact when TensorFlow
-    is already imported and sees a GPU or when N*N*d <= 1.5e12, else ivf; it never imports
-    TensorFlow just to look
-    for a GPU.
+    inverted-file search: k-means cells (about 64 points each, at most 4,096 cells) in a 128-d
+    random projection, every point filed in its 4 nearest cells, exact full-dimension distances
+    between each point and the members of its nearest cell; no numba start-up cost and far fewer
+    products than all pairs. 'pynndescent' builds an NN-descent graph (on a 128-d random
+    projection when d > 256) and re-scores 2k + 10 candidates in the full dimension.
+    'faiss_hnsw' (HNSW-flat, 32 links, search list 3k) and 'faiss_ivf' (IVF-flat, N/64 cells,
+    16 probed per query) need the optional faiss package. 'auto' picks exact when TensorFlow is
+    already imported and sees a GPU or when N*N*d <= 1.5e12; else ivf up to 4,096 cells of 64
+    points (262,144 points), beyond which ivf's cells grow and its recall collapses, so
+    faiss_hnsw there when faiss is installed. It never imports TensorFlow or faiss just to look.
     """
     if backend == "approx":
         backend = "pynndescent"
@@ -75,7 +85,11 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
     tf = sys.modules.get("tensorflow")
     if tf is not None and tf.config.list_physical_devices("GPU"):
         return "exact"
-    return "exact" if float(num_points) ** 2 * dim <= _EXACT_BUDGET_FLOPS else "ivf"
+    if float(num_points) ** 2 * dim <= _EXACT_BUDGET_FLOPS:
+        return "exact"
+    if num_points > _MAX_CELLS * _CELL_SIZE and importlib.util.find_spec("faiss") is not None:
+        return "faiss_hnsw"
+    return "ivf"
 
 
 def neighbours(features: np.ndarray, k: int, backend: str = "auto", seed: int = 0,
@@ -85,17 +99,19 @@ def neighbours(features: np.ndarray, k: int, backend: str = "auto", seed: int = 
     Args:
         features: (N, d) float array.
         k: list length including the point itself, 1 <= k <= N.
-        backend: 'auto', 'exact', 'ivf' or 'pynndescent' (see `resolve_backend`).
+        backend: one of BACKENDS (see `resolve_backend`).
         seed: seed of the approximate index, projection and row-max sample.
         width: search effort of the approximate backends, >= 1: ivf searches the members of
             the `width` cells nearest each query's cell (multi-probe), pynndescent keeps
-            `width` times more candidates. The exact backend ignores it.
+            `width` times more candidates, faiss_hnsw's search list and faiss_ivf's probes
+            are `width` times longer. The exact backend ignores it.
 
     Returns:
         A `Neighbours` tuple.
 
     Raises:
         ValueError: on a bad backend, k outside [1, N] or width < 1.
+        ImportError: for a faiss backend when faiss is not installed.
     """
     x = np.ascontiguousarray(features, dtype=np.float32)
     n = x.shape[0]
@@ -108,6 +124,8 @@ def neighbours(features: np.ndarray, k: int, backend: str = "auto", seed: int = 
         return _exact(x, k)
     if backend == "ivf":
         indices, sq_dist = _ivf(x, k, seed, width)
+    elif backend.startswith("faiss"):
+        indices, sq_dist = _faiss(x, k, seed, width, backend)
     else:
         indices, sq_dist = _nn_descent(x, k, seed, width)
     return Neighbours(indices, sq_dist, _row_max_estimate(x, sq_dist, seed))
@@ -329,6 +347,44 @@ def _nearest(points: np.ndarray, centres: np.ndarray, m: int) -> np.ndarray:
         dist = c_norm[None, :] - 2.0 * (points[start:start + block] @ centres.T)
         _select_smallest(dist, out[start:start + block])
     return out
+
+
+def _faiss(x: np.ndarray, k: int, seed: int, width: int,
+           backend: str) -> tuple[np.ndarray, np.ndarray]:
+    """faiss HNSW-flat or IVF-flat search of all rows, lists re-scored as pynndescent's.
+
+    Raises:
+        ImportError: when faiss is not installed (the optional extra `mlc_tf[faiss]`).
+    """
+    try:
+        import faiss  # Optional: pip install faiss-cpu (or faiss-gpu on GPU hosts).
+    except ImportError as error:
+        raise ImportError(f"knn backend {backend!r} needs faiss: pip install faiss-cpu "
+                          "(or the extra mlc_tf[faiss])") from error
+    n, dim = x.shape
+    if backend == "faiss_hnsw":
+        index = faiss.IndexHNSWFlat(dim, _HNSW_LINKS)
+        index.hnsw.efConstruction = _HNSW_BUILD
+        index.add(x)
+        index.hnsw.efSearch = _HNSW_SEARCH * k * width
+    else:
+        num_cells = max(1, n // _CELL_SIZE)
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, num_cells)
+        index.cp.seed = seed
+        index.cp.max_points_per_centroid = 32  # A sample of 32 points per cell, as ivf.
+        index.train(x)
+        index.add(x)
+        index.nprobe = min(num_cells, _FAISS_PROBES * width)
+    _, candidates = index.search(x, min(n, k + 1))
+    del index
+    candidates = candidates.astype(np.int64)
+    # A list comes short (-1) when the probed cells hold too few points: fill it with the
+    # lowest numbers not yet listed, so that the lists stay sets (the recall check sees them).
+    for row in np.flatnonzero((candidates < 0).any(axis=1)):
+        short = candidates[row] < 0
+        unused = np.setdiff1d(np.arange(candidates.shape[1] + 1), candidates[row])
+        candidates[row, short] = unused[unused != row][:short.sum()]
+    return _rescore(x, candidates, k)
 
 
 def _nn_descent(x: np.ndarray, k: int, seed: int, width: int) -> tuple[np.ndarray, np.ndarray]:
