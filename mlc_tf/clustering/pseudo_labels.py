@@ -63,7 +63,7 @@ def assign_pseudo_labels(features: np.ndarray, *, method: str = "dbscan", k1: in
         min_samples: DBSCAN min_samples (the point itself counts).
         num_clusters: k of k-means (required for method='kmeans').
         variant: neighbour weighting, 'zhong' or 'spcl'.
-        knn_backend: 'auto', 'exact', 'ivf' or 'pynndescent' (see knn.resolve_backend).
+        knn_backend: one of knn.BACKENDS (see knn.resolve_backend).
         knn_recall_floor: least sampled recall@(k1 + 1) of approximate neighbours, in [0, 1].
         reliability_gap: eps gap of the reliability criterion (SpCL: 0.02); 0 = off (DBSCAN).
         independence_threshold: the criterion's threshold from an earlier round, or None.
