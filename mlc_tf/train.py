@@ -440,8 +440,8 @@ def _decoded_images(data_cfg: config_lib.DataConfig, data):
         data.camstyle if data_cfg.camstyle else None,
         budget_bytes=int(data_cfg.decode_cache_gib * 2**30))
     if decoded is not None:
-        logging.info("decode cache: %d decoded images, %.2f GB in host memory", len(decoded),
-                     decoded.nbytes / 1e9)
+        logging.debug("decode cache: %d decoded images, %.2f GB in host memory", len(decoded),
+                      decoded.nbytes / 1e9)
     elif data_cfg.decode_cache == "auto":
         logging.info("decode cache: the decoded images exceed %g GiB; decoding every epoch",
                      data_cfg.decode_cache_gib)
