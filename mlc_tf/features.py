@@ -146,10 +146,9 @@ def evaluate(extractor: Callable, dataset, *, image_size: Sequence[int], batch_s
     start = time.time()
     extract = extract or extract_features
     query = extract(extractor, [s.path for s in dataset.query], image_size=image_size,
-                             batch_size=batch_size, progress=progress, progress_label="query")
-    gallery = extract(extractor, [s.path for s in dataset.gallery],
-                               image_size=image_size, batch_size=batch_size, progress=progress,
-                               progress_label="gallery")
+                    batch_size=batch_size, progress=progress, progress_label="query")
+    gallery = extract(extractor, [s.path for s in dataset.gallery], image_size=image_size,
+                      batch_size=batch_size, progress=progress, progress_label="gallery")
     scored = score(query, gallery, dataset.query, dataset.gallery, metric=metric, rerank=rerank)
     return dataclasses.replace(scored, metrics={**scored.metrics,
                                                 "seconds": time.time() - start})

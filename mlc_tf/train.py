@@ -293,7 +293,7 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
         batches = multi_worker.distribute_batches(
             strategy, config.data.batch_size,
             lambda shard: _epoch_dataset(config, data, epoch, labels, skip=len(trained),
-                                         shard=shard, decoded=decoded)[0])
+                                         shard=shard, decoded=decoded))
         steps = _epoch_steps(config, len(data.train), labels)
         trained = _train_epoch(learner, batches, steps, alpha, plan.targets, joint=joint,
                                epoch=epoch, epochs=train_cfg.epochs, lr=lr, verbose=verbose,
@@ -344,11 +344,11 @@ def _new_classifier(learner: train_step.Learner, clusters: self_paced.ClusterSta
                     seed: int, init: str) -> None:
     """A fresh classifier sized to the current labels, or none when there are no classes.
 
-    With init='centroids' its weights are the classes' mean memory rows (zero rows, as in a
-    supervised run's unwritten memory, keep the random weights)."""
+    With init='centroids' its weights are the classes' mean memory rows (a class whose mean is
+    zero keeps its random weights; without a memory, a supervised run, all do)."""
     if clusters.num_classes > 0:
         centroids = None
-        if init == "centroids":
+        if init == "centroids" and learner.memory is not None:
             centroids = self_paced.class_centroids(learner.memory.numpy(), clusters.labels.numpy(),
                                                    clusters.num_classes)
         learner.new_classifier(clusters.num_classes, seed=seed, centroids=centroids)
@@ -458,12 +458,12 @@ def _epoch_steps(config, num_train: int, labels: np.ndarray | None) -> int:
 
 def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None, skip: int = 0,
                    shard: tuple[int, int] = (0, 1),
-                   decoded=None) -> tuple[tf.data.Dataset, int]:
-    """(batches, number of batches) of one epoch: all images, or PK batches over labels.
+                   decoded=None) -> tf.data.Dataset:
+    """The batches of one epoch (_epoch_steps of them): all images, or PK batches over labels.
 
     The first `skip` batches are left out (a resumed epoch): the batches, their augmentation
-    included, are a function of (seed, epoch, position) only, so the rest are unchanged. The
-    number of batches counts them. With shard (worker i, workers n), each batch is the i-th
+    included, are a function of (seed, epoch, position) only, so the rest are unchanged;
+    _epoch_steps counts them. With shard (worker i, workers n), each batch is the i-th
     of n consecutive parts of the global batch (pipeline's shard). decoded: the run's decode
     cache, or None.
     """
@@ -483,7 +483,7 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None, skip: in
                                            camera_aware=data_cfg.camera_aware_sampler, **common)
     if config.train.steps_per_epoch:
         batches = batches.take(config.train.steps_per_epoch)
-    return batches.skip(skip), _epoch_steps(config, len(paths), labels)
+    return batches.skip(skip)
 
 
 def _train_epoch(learner, batches, steps: int, alpha: float, targets: str, *, joint: bool,

@@ -176,8 +176,8 @@ def _config(camstyle_on: bool) -> config_lib.Config:
 def test_train_epoch_dataset_reads_copies_only_with_the_option(market, camstyle_on, labels):
     styles = set()
     for epoch in range(5):
-        batches, steps = train._epoch_dataset(_config(camstyle_on), market, epoch, labels)
-        assert steps == 1
+        batches = train._epoch_dataset(_config(camstyle_on), market, epoch, labels)
+        assert train._epoch_steps(_config(camstyle_on), len(market.train), labels) == 1
         styles |= {view for _, view in _epoch_views(batches)}
     originals = {(slot, cam - 1) for slot, (_, cam) in enumerate(TRAIN)}
     assert bool(styles - originals) == camstyle_on  # a copy is read, or only originals

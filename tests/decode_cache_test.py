@@ -91,7 +91,7 @@ def test_budget_modes(files):
     assert len(pipeline.decode_images("auto", paths, budget_bytes=need)) == 12
     assert pipeline.decode_images("auto", paths, budget_bytes=need - 1) is None
     assert pipeline.decode_images("none", paths, budget_bytes=10**9) is None
-    with pytest.raises(ValueError, match="exceed decode_cache_bytes=1000"):
+    with pytest.raises(ValueError, match="exceed the budget of 1000 bytes; raise --decode_cache_gib"):
         pipeline.decode_images("memory", paths, budget_bytes=1000)
     with pytest.raises(ValueError, match="decode_cache='disk'"):
         pipeline.decode_images("disk", paths, budget_bytes=10**9)

@@ -75,7 +75,7 @@ def _step_worker(mode: str, data_dir: str, out: str):
     labels = np.arange(num_train) % 4
     batches = multi_worker.distribute_batches(
         strategy, BATCH, lambda shard: train._epoch_dataset(config, data, 0, labels,
-                                                            shard=shard)[0])
+                                                            shard=shard))
     learner.new_classifier(4, seed=1)
     batch = next(iter(batches))
     results = {k: float(v) for k, v in learner.step(batch, 0.3, targets="mplp",

@@ -129,3 +129,17 @@ def test_each_rounds_classifier_starts_from_its_clusters_mean_memory_rows(init):
     np.testing.assert_allclose(kernel[:, 0], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-7)
     mean = rows[[0, 2]].mean(axis=0)
     np.testing.assert_allclose(kernel[:, 1], mean / np.linalg.norm(mean), rtol=1e-5, atol=1e-7)
+
+
+def test_a_supervised_run_without_memory_keeps_random_classifier_weights():
+    config = config_lib.Config(
+        data=config_lib.DataConfig(image_size=(32, 16)),
+        model=config_lib.ModelConfig(backbone="resnet18", pretrained="none"),
+        train=config_lib.TrainConfig(supervised=True))
+    learner = train.build(config, tf.distribute.get_strategy(), 6)
+    assert learner.memory is None
+    clusters = self_paced.ClusterState(6)
+    clusters.labels.assign([1, 0, 1, 2, 0, 0])
+    train._new_classifier(learner, clusters, seed=3, init="centroids")
+    kernel = learner.classifier.kernel.numpy()
+    assert kernel.shape[1] == 3 and 0 < np.abs(kernel).max() < 0.01

@@ -123,6 +123,7 @@ def for_training(mode: str, files: Sequence[str], decode: Decoder,
         return None
     cache = decode_all(files, decode, budget_bytes=budget_bytes)
     if cache is None and mode == "memory":
-        raise ValueError(f"the {len(set(files))} decoded training images exceed "
-                         f"decode_cache_bytes={budget_bytes}; raise it or use decode_cache=auto")
+        raise ValueError(f"the {len(set(files))} decoded training images exceed the budget of "
+                         f"{budget_bytes} bytes; raise --decode_cache_gib or use "
+                         "--decode_cache=auto")
     return cache
