@@ -9,6 +9,7 @@ resume or reuse what is already in --root.
 
   python bench/accuracy.py --root=runs/accuracy            # seeds 0, 1, 2: about 1.5 hours
   python bench/accuracy.py --seeds=0 --rows=source,mlc,supervised
+  python bench/accuracy.py --root=runs/accuracy_warmup --source_flags=--lr_warmup_epochs=3
 """
 
 import collections
@@ -27,6 +28,8 @@ flags.DEFINE_string("data_dir", "data", "Dataset folder (the synthetic caches go
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each row is trained once per seed.")
 flags.DEFINE_list("rows", ["source", "mlc", "no_sc", "no_mn", "kmeans", "supervised",
                            "scratch"], "Rows to run, in table order.")
+flags.DEFINE_list("source_flags", [], "Extra bin/train flags of the source networks, e.g. "
+                  "--source_flags=--lr_warmup_epochs=3 (use a --root of their own).")
 FLAGS = flags.FLAGS
 
 SOURCE_CFG = os.path.join(REPO, "configs", "synthetic_source.cfg")
@@ -106,7 +109,7 @@ def main(argv):
             if source is not None and source not in sources:
                 sources[source] = os.path.join(FLAGS.root, f"{source}_seed{seed}")
                 minutes[source].append(_train(
-                    sources[source], SOURCE_CFG, seed, SOURCE_FLAGS[source]))
+                    sources[source], SOURCE_CFG, seed, SOURCE_FLAGS[source] + FLAGS.source_flags))
             if extra is None:
                 results[name].append(_score(os.path.join(sources[source], "export")))
                 continue

@@ -198,6 +198,10 @@ class TrainConfig:
     lr_step: int = _field(30, "Divide the learning rates by 1/lr_gamma every this many epochs "
                           "(paper 30; MMCL code 40).")
     lr_gamma: float = _field(0.1, "Step-decay factor.")
+    lr_warmup_epochs: int = _field(
+        0, "Linear learning-rate warm-up over this many epochs, from lr_warmup_factor x the rate "
+        "(MMT/SpCL source pre-training: 10 of 80 epochs, factor 0.01); 0 = none.")
+    lr_warmup_factor: float = _field(0.01, "Fraction of the rate the warm-up starts from.")
     momentum: float = _field(0.9, "SGD momentum.")
     nesterov: bool = _field(True, "Nesterov momentum.")
     weight_decay: float = _field(5e-4, "L2 weight decay added to the gradients, PyTorch style.")
@@ -249,6 +253,8 @@ def validate(config: Config) -> None:
         (train.epochs >= 0, "epochs must be >= 0"),
         (train.lr > 0 and train.backbone_lr_mult >= 0, "lr must be > 0, backbone_lr_mult >= 0"),
         (train.lr_step > 0, "lr_step must be positive"),
+        (train.lr_warmup_epochs >= 0 and 0 < train.lr_warmup_factor <= 1,
+         "lr_warmup_epochs must be >= 0 and lr_warmup_factor in (0, 1]"),
         (train.weight_decay >= 0, "weight_decay must be >= 0"),
         (train.steps_per_epoch >= 0 and train.eval_every >= 0,
          "steps_per_epoch and eval_every must be >= 0"),

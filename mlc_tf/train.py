@@ -62,8 +62,16 @@ def make_strategy(devices=()) -> tf.distribute.Strategy:
 
 
 def learning_rate(epoch: int, train: config_lib.TrainConfig) -> float:
-    """Step decay: lr * lr_gamma ** (epoch // lr_step)."""
-    return train.lr * train.lr_gamma ** (epoch // train.lr_step)
+    """Step decay lr * lr_gamma ** (epoch // lr_step), after an optional linear warm-up.
+
+    In warm-up epoch e < lr_warmup_epochs the rate is scaled by f + (1 - f) * e / lr_warmup_epochs,
+    f = lr_warmup_factor, as MMT's WarmupMultiStepLR does per epoch.
+    """
+    rate = train.lr * train.lr_gamma ** (epoch // train.lr_step)
+    if epoch < train.lr_warmup_epochs:
+        progress = epoch / train.lr_warmup_epochs
+        rate *= train.lr_warmup_factor + (1 - train.lr_warmup_factor) * progress
+    return rate
 
 
 @dataclasses.dataclass(frozen=True)

@@ -95,6 +95,8 @@ def test_json_round_trip(tmp_path):
     ({"decode_cache": "disk"}, "decode_cache='disk'"),
     ({"decode_cache_gib": 0.0}, "decode_cache_gib must be > 0"),
     ({"augment_on": "gpu"}, "augment_on='gpu'"),
+    ({"lr_warmup_epochs": -1}, "lr_warmup_epochs must be >= 0"),
+    ({"lr_warmup_factor": 0.0}, "lr_warmup_factor in"),
 ])
 def test_bad_options_are_rejected(options, message):
     with pytest.raises(ValueError, match=message):

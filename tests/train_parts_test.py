@@ -14,6 +14,14 @@ def test_learning_rate_steps_down():
         [0.1, 0.1, 0.01, 0.01])
 
 
+def test_learning_rate_warms_up_linearly_then_steps_down():
+    train_cfg = config_lib.TrainConfig(lr=0.1, lr_step=4, lr_gamma=0.1, lr_warmup_epochs=2,
+                                       lr_warmup_factor=0.01)
+    # MMT's per-epoch WarmupMultiStepLR: 0.01 + 0.99 * e / 2 of the rate in epochs 0 and 1.
+    assert [train.learning_rate(e, train_cfg) for e in range(6)] == pytest.approx(
+        [0.001, 0.0505, 0.1, 0.1, 0.01, 0.01])
+
+
 def test_epoch_plan_follows_the_spec_schedule():
     config = config_lib.Config()  # warm-up 6 epochs, SC from epoch 15, every epoch
     plans = {e: train.plan_epoch(e, config) for e in (0, 5, 6, 14, 15, 16)}
