@@ -37,7 +37,27 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _EMPTY_EPOCH = json.dumps({"step_stats": [], "scalars": {}})
 # What reading a damaged checkpoint raises: TensorFlow's errors, or from its C++ reader
 # IndexError ("Read less bytes than requested") and RuntimeError; ValueError from bad JSON.
-_READ_ERRORS = (tf.errors.OpError, IndexError, RuntimeError, ValueError)
+# What reading a damaged or half-written checkpoint raises.
+READ_ERRORS = (tf.errors.OpError, IndexError, RuntimeError, ValueError)
+
+
+def checkpoint_candidates(directory: str) -> list[str]:
+    """Checkpoint prefixes in `directory`, newest first (by its state file, else by mtime)."""
+    state = tf.train.get_checkpoint_state(directory)
+    if state is not None:
+        paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
+        return [p if os.path.isabs(p) else os.path.join(directory, p) for p in reversed(paths)]
+    # No or an unreadable state file: the checkpoints on disk, newest first.
+    indexes = sorted(glob.glob(os.path.join(glob.escape(directory), "*.index")),
+                     key=os.path.getmtime, reverse=True)
+    return [index[:-len(".index")] for index in indexes]
+
+
+def read_every_tensor(reader) -> None:
+    """Reads each tensor of a tf.train.load_checkpoint reader, so that every checksum is checked
+    and a damaged file fails here, not later (raises one of READ_ERRORS)."""
+    for key in reader.get_variable_to_shape_map():
+        reader.get_tensor(key)
 
 
 class CheckpointMismatchError(ValueError):
@@ -201,7 +221,7 @@ class Checkpointer:
                 state = self._read_verified(path)
             except CheckpointMismatchError:
                 raise
-            except _READ_ERRORS as err:
+            except READ_ERRORS as err:
                 failures.append(f"{path} ({type(err).__name__}: {_first_line(err)})")
                 continue
             if failures:
@@ -289,23 +309,12 @@ class Checkpointer:
 
     def _candidates(self, directory: str | None = None) -> list[str]:
         """Checkpoint prefixes of `directory` (default self.directory), newest first."""
-        directory = directory or self.directory
-        state = tf.train.get_checkpoint_state(directory)
-        if state is not None:
-            paths = list(state.all_model_checkpoint_paths) or [state.model_checkpoint_path]
-            return [p if os.path.isabs(p) else os.path.join(directory, p)
-                    for p in reversed(paths)]
-        # No or an unreadable state file: the checkpoints on disk, newest first.
-        indexes = sorted(glob.glob(os.path.join(glob.escape(directory), "*.index")),
-                         key=os.path.getmtime, reverse=True)
-        return [index[:-len(".index")] for index in indexes]
+        return checkpoint_candidates(directory or self.directory)
 
     def _read_verified(self, path: str) -> dict:
         reader = tf.train.load_checkpoint(path)
         self._check_fingerprint(reader, path)
-        # Reading every tensor checks every checksum, so a damaged file fails here, not later.
-        for key in reader.get_variable_to_shape_map():
-            reader.get_tensor(key)
+        read_every_tensor(reader)
         state = {name: reader.get_tensor(key) for name, key in _KEYS.items()}
         state["epoch"] = int(state["epoch"])
         state["step"] = int(reader.get_tensor(_STEP_KEY)) if reader.has_tensor(_STEP_KEY) else 0

@@ -2,9 +2,10 @@
 
 The weights of every layer, the BN neck included, are read from the source and copied into
 the new model by layer name, so the input image size may differ. The source is a workdir
-(config.json and checkpoints/, whose newest checkpoint is read by restoring it into a model
-built from config.json) or an export (read from the SavedModel's own variables, whose names
-are the Keras variable paths 'layer/variable'). Only the network is read: the classifier,
+(config.json and checkpoints/, whose newest readable checkpoint is read by restoring it into a
+model built from config.json; a damaged newer one is skipped with a warning) or an export (read
+from the SavedModel's own variables, whose names are the Keras variable paths
+'layer/variable'). Only the network is read: the classifier,
 memory bank and optimizer state of the source are not. A source of another architecture is
 refused, naming the difference, before anything is assigned.
 """
@@ -17,6 +18,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from mlc_tf import checkpointing
 from mlc_tf import config as config_lib
@@ -29,7 +31,7 @@ MATCHED_OPTIONS = ("backbone", "multiscale", "feature_dim", "preprocessing")
 
 
 def load_initial_weights(model: keras.Model, path: str) -> dict:
-    """Copies the network weights of a workdir's newest checkpoint or of an export into model.
+    """Copies the network weights of a workdir's newest readable checkpoint or of an export.
 
     Args:
         model: a model built by model.build_model, any image size.
@@ -46,6 +48,7 @@ def load_initial_weights(model: keras.Model, path: str) -> dict:
         ValueError: `path` is neither a workdir with a checkpoint nor an export; the source
             has another architecture (naming each difference) or other layers or shapes; or
             `model` was not built by build_model. Nothing is assigned then.
+        checkpointing.CheckpointReadError: no checkpoint of the workdir can be read.
     """
     target = model_lib.describe_model(model)
     path = os.path.abspath(path)
@@ -87,7 +90,8 @@ def _source_kind(path: str) -> str:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{expected}; it does not exist")
     if os.path.isfile(os.path.join(path, checkpointing.CONFIG_FILE)):
-        if tf.train.latest_checkpoint(os.path.join(path, checkpointing.CHECKPOINT_DIR)) is None:
+        checkpoints = os.path.join(path, checkpointing.CHECKPOINT_DIR)
+        if not checkpointing.checkpoint_candidates(checkpoints):
             raise ValueError(f"{expected}; it has {checkpointing.CONFIG_FILE} but no checkpoint")
         return "workdir"
     if all(os.path.isfile(os.path.join(path, name))
@@ -99,7 +103,7 @@ def _source_kind(path: str) -> str:
 def _read_workdir(path: str):
     """Returns (describe_model options, layer weights, checkpoint prefix, epoch) of a workdir."""
     run_config = config_lib.load_json(os.path.join(path, checkpointing.CONFIG_FILE))
-    checkpoint = tf.train.latest_checkpoint(os.path.join(path, checkpointing.CHECKPOINT_DIR))
+    checkpoint = _newest_readable(os.path.join(path, checkpointing.CHECKPOINT_DIR))
     # A checkpoint restores by object structure, so rebuild the network it was saved from.
     source = model_lib.build_model(
         backbone=run_config.model.backbone, image_size=run_config.data.image_size,
@@ -118,6 +122,28 @@ def _read_workdir(path: str):
     options = {**model_lib.describe_model(source),
                "preprocessing": model_lib.preprocessing_mode(run_config.model.pretrained)}
     return options, model_lib.layer_weights(source), checkpoint, epoch
+
+
+def _newest_readable(directory: str) -> str:
+    """The newest checkpoint of `directory` whose every tensor reads back.
+
+    Raises:
+        checkpointing.CheckpointReadError: none can be read (naming each and why).
+    """
+    failures = []
+    for candidate in checkpointing.checkpoint_candidates(directory):
+        try:
+            checkpointing.read_every_tensor(tf.train.load_checkpoint(candidate))
+        except checkpointing.READ_ERRORS as err:
+            reason = str(err).strip().partition("\n")[0]
+            failures.append(f"{candidate} ({type(err).__name__}: {reason})")
+            continue
+        if failures:
+            logging.warning("init_from: unreadable checkpoint %s; using the previous one, %s",
+                            "; ".join(failures), candidate)
+        return candidate
+    raise checkpointing.CheckpointReadError(
+        f"init_from: no checkpoint in {directory} can be read: {'; '.join(failures)}")
 
 
 def _read_export(path: str):

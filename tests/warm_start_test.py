@@ -1,6 +1,8 @@
 """Tests for mlc_tf.warm_start: workdir and export round trips, refused sources."""
 
+import glob
 import json
+import logging
 import os
 import shutil
 
@@ -207,3 +209,26 @@ def test_config_json_that_does_not_describe_the_checkpoint(workdir, tmp_path):
     config_lib.save_json(other, os.path.join(stale, checkpointing.CONFIG_FILE))
     with pytest.raises(ValueError, match="does not hold the network that config.json describes"):
         warm_start.load_initial_weights(_build(multiscale=False), stale)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(workdir, tmp_path, caplog):
+    path, _ = workdir
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(path, damaged)
+    checkpoints = os.path.join(damaged, checkpointing.CHECKPOINT_DIR)
+    newest = glob.glob(os.path.join(checkpoints, "ckpt-3.data-*"))[0]
+    os.truncate(newest, os.path.getsize(newest) - 7)
+    expected = model_lib.build_model(backbone="resnet18", image_size=SOURCE_SIZE)
+    tf.train.Checkpoint(model=expected).restore(
+        os.path.join(checkpoints, "ckpt-2")).expect_partial()
+    target = _build()
+    with caplog.at_level(logging.WARNING):
+        info = warm_start.load_initial_weights(target, damaged)
+    assert info["epoch"] == 2 and info["checkpoint"].endswith("ckpt-2")
+    assert any("ckpt-3" in r.getMessage() and "ckpt-2" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    _assert_same_weights(expected, target)
+    for prefix in checkpointing.checkpoint_candidates(checkpoints):
+        os.truncate(prefix + ".index", os.path.getsize(prefix + ".index") // 2)
+    with pytest.raises(checkpointing.CheckpointReadError, match="ckpt-3.*ckpt-2"):
+        warm_start.load_initial_weights(_build(), damaged)
