@@ -254,20 +254,25 @@ def _rate(seconds_per_unit: float, unit: str) -> str:
 
 
 def format_header(dataset: str, *, num_train: int, num_query: int, num_gallery: int,
-                  devices: Sequence[str], batch_size: int, workdir: str) -> str:
+                  devices: Sequence[str], batch_size: int, workdir: str,
+                  workers: int = 1) -> str:
     """The line a training run starts with: data, replicas and devices, workdir.
 
     Args:
         dataset: the dataset's name.
         num_train, num_query, num_gallery: image counts of its splits.
-        devices: the replicas' device names ('/job:localhost/replica:0/task:0/device:GPU:0').
+        devices: this worker's replica device names
+            ('/job:localhost/replica:0/task:0/device:GPU:0').
         batch_size: the global batch.
         workdir: where the run writes.
+        workers: hosts of a multi-worker run, each with as many replicas as `devices`.
     """
     short = [name.split("device:")[-1] for name in devices]
-    replicas = len(short)
+    replicas = len(short) * workers
+    where = (f"{', '.join(short)}" if workers == 1
+             else f"{', '.join(short)} on each of {workers} workers")
     return (f"{dataset}: {num_train} train, {num_query} query, {num_gallery} gallery images | "
-            f"{replicas} replica{'s' if replicas != 1 else ''} ({', '.join(short)}), batch "
+            f"{replicas} replica{'s' if replicas != 1 else ''} ({where}), batch "
             f"{batch_size}{f' ({batch_size // replicas} per replica)' if replicas > 1 else ''}"
             f" | workdir {workdir}")
 

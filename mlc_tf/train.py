@@ -224,7 +224,8 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
         print(console.format_header(
             data.name, num_train=num_train, num_query=len(data.query),
             num_gallery=len(data.gallery), devices=strategy.extended.worker_devices,
-            batch_size=config.data.batch_size, workdir=workdir), flush=True)
+            batch_size=config.data.batch_size, workdir=workdir,
+            workers=collectives.num_workers), flush=True)
     pids = np.array([s.pid for s in data.train])
     camids = np.array([s.camid for s in data.train])
     known_pids = pids if self_paced.identities_known(pids) else None  # diagnostics only

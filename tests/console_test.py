@@ -83,6 +83,10 @@ def test_header_names_the_data_the_replicas_and_the_workdir():
     assert "| 1 replica (CPU:0), batch 32 |" in console.format_header(
         "synthetic", num_train=1, num_query=1, num_gallery=1, devices=["/device:CPU:0"],
         batch_size=32, workdir="w")
+    # A multi-worker run: this worker's devices, the replicas of all workers.
+    assert "| 4 replicas (GPU:0, GPU:1 on each of 2 workers), batch 128 (32 per replica) |" in (
+        console.format_header("market1501", num_train=1, num_query=1, num_gallery=1,
+                              devices=devices, batch_size=128, workdir="w", workers=2))
 
 
 # What TensorFlow 2.21 writes to stderr while loading on this CPU machine, and lines to keep.
