@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -127,15 +128,20 @@ def write_dir(workdir: str, strategy: tf.distribute.Strategy) -> Iterator[str]:
 
     The chief writes `workdir`. Every other worker writes the same files (checkpoints and
     the export may read variables collectively, so every worker saves) into a temporary
-    folder outside it, deleted on exit.
+    folder outside it, deleted on exit. Its name follows from the worker and the workdir, so
+    the folder a killed worker left behind is removed when the run restarts.
 
     Yields:
         workdir on the chief, else the temporary folder.
     """
-    if is_chief(strategy):
+    index = worker_position(strategy)[0]
+    if index == 0:
         yield workdir
         return
-    temporary = tempfile.mkdtemp(prefix=f"mlc_tf-worker{worker_position(strategy)[0]}-")
+    digest = hashlib.sha1(os.path.abspath(workdir).encode("utf8")).hexdigest()[:12]
+    temporary = os.path.join(tempfile.gettempdir(), f"mlc_tf-worker{index}-{digest}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
     try:
         yield temporary
     finally:

@@ -12,6 +12,8 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
+import types
 
 import numpy as np
 import pytest
@@ -147,6 +149,34 @@ def test_read_tf_config_names_the_problem(value, problem):
     from mlc_tf import multi_worker
     with pytest.raises(multi_worker.TFConfigError, match=problem):
         multi_worker.read_tf_config(value)
+
+
+def test_a_worker_writes_a_temporary_folder_that_a_restart_clears(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from mlc_tf import multi_worker
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    os.makedirs(tmp_path / "tmp")
+    cluster = tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]})
+
+    def strategy(index):
+        resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            cluster, task_type="worker", task_id=index)
+        return types.SimpleNamespace(cluster_resolver=resolver)
+
+    workdir = str(tmp_path / "run")
+    with multi_worker.write_dir(workdir, strategy(0)) as chief_dir:
+        assert chief_dir == workdir
+    with multi_worker.write_dir(workdir, strategy(1)) as first:
+        assert os.path.dirname(first) == str(tmp_path / "tmp")
+        open(os.path.join(first, "ckpt-1.index"), "w").close()
+    assert not os.path.exists(first)
+    os.makedirs(first)  # what a SIGKILLed worker leaves
+    open(os.path.join(first, "stale"), "w").close()
+    with multi_worker.write_dir(workdir, strategy(1)) as restarted:
+        assert restarted == first and os.listdir(restarted) == []
+    assert os.listdir(tmp_path / "tmp") == []
 
 
 def test_free_ports_are_distinct():
