@@ -11,7 +11,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 from absl import logging
@@ -58,6 +58,34 @@ def read_every_tensor(reader) -> None:
     and a damaged file fails here, not later (raises one of READ_ERRORS)."""
     for key in reader.get_variable_to_shape_map():
         reader.get_tensor(key)
+
+
+def read_newest(directory: str, read: Callable[[str], object], action: str,
+                advice: str = "") -> tuple[str, object]:
+    """(path, read(path)) of the newest checkpoint in `directory` that `read` can read.
+
+    A newer checkpoint that fails with one of READ_ERRORS is skipped with a warning naming it
+    and the one `action` (e.g. 'resuming from') uses instead.
+
+    Raises:
+        CheckpointMismatchError: from `read`, at once.
+        CheckpointReadError: none can be read (naming each and why, then `advice`).
+    """
+    failures = []
+    for path in checkpoint_candidates(directory):
+        try:
+            value = read(path)
+        except CheckpointMismatchError:
+            raise
+        except READ_ERRORS as err:
+            failures.append(f"{path} ({type(err).__name__}: {_first_line(err)})")
+            continue
+        if failures:
+            logging.warning("unreadable checkpoint %s; %s the previous one, %s",
+                            "; ".join(failures), action, path)
+        return path, value
+    raise CheckpointReadError(
+        f"no checkpoint in {directory} can be read: {'; '.join(failures)}. {advice}".rstrip())
 
 
 class CheckpointMismatchError(ValueError):
@@ -212,25 +240,12 @@ class Checkpointer:
             CheckpointMismatchError: the checkpoint belongs to another dataset or model.
             CheckpointReadError: checkpoints exist but none can be read.
         """
-        candidates = self._candidates()
-        if not candidates:
+        if not self._candidates():
             return None
-        failures = []
-        for path in candidates:
-            try:
-                state = self._read_verified(path)
-            except CheckpointMismatchError:
-                raise
-            except READ_ERRORS as err:
-                failures.append(f"{path} ({type(err).__name__}: {_first_line(err)})")
-                continue
-            if failures:
-                logging.warning("unreadable checkpoint %s; resuming from the previous one, %s",
-                                "; ".join(failures), path)
-            return state
-        raise CheckpointReadError(
-            f"no checkpoint in {self.directory} can be read: {'; '.join(failures)}. Move the "
-            "folder away to start over, or restore it from a backup.")
+        _, state = read_newest(
+            self.directory, self._read_verified, "resuming from",
+            advice="Move the folder away to start over, or restore it from a backup.")
+        return state
 
     def restore(self, objects: dict, path: str | None = None) -> str:
         """Restores a checkpoint into `objects` (built beforehand, same structure).

@@ -18,7 +18,6 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from mlc_tf import checkpointing
 from mlc_tf import config as config_lib
@@ -103,7 +102,10 @@ def _source_kind(path: str) -> str:
 def _read_workdir(path: str):
     """Returns (describe_model options, layer weights, checkpoint prefix, epoch) of a workdir."""
     run_config = config_lib.load_json(os.path.join(path, checkpointing.CONFIG_FILE))
-    checkpoint = _newest_readable(os.path.join(path, checkpointing.CHECKPOINT_DIR))
+    checkpoint, _ = checkpointing.read_newest(
+        os.path.join(path, checkpointing.CHECKPOINT_DIR),
+        lambda prefix: checkpointing.read_every_tensor(tf.train.load_checkpoint(prefix)),
+        "init_from uses")
     # A checkpoint restores by object structure, so rebuild the network it was saved from.
     source = model_lib.build_model(
         backbone=run_config.model.backbone, image_size=run_config.data.image_size,
@@ -122,28 +124,6 @@ def _read_workdir(path: str):
     options = {**model_lib.describe_model(source),
                "preprocessing": model_lib.preprocessing_mode(run_config.model.pretrained)}
     return options, model_lib.layer_weights(source), checkpoint, epoch
-
-
-def _newest_readable(directory: str) -> str:
-    """The newest checkpoint of `directory` whose every tensor reads back.
-
-    Raises:
-        checkpointing.CheckpointReadError: none can be read (naming each and why).
-    """
-    failures = []
-    for candidate in checkpointing.checkpoint_candidates(directory):
-        try:
-            checkpointing.read_every_tensor(tf.train.load_checkpoint(candidate))
-        except checkpointing.READ_ERRORS as err:
-            reason = str(err).strip().partition("\n")[0]
-            failures.append(f"{candidate} ({type(err).__name__}: {reason})")
-            continue
-        if failures:
-            logging.warning("init_from: unreadable checkpoint %s; using the previous one, %s",
-                            "; ".join(failures), candidate)
-        return candidate
-    raise checkpointing.CheckpointReadError(
-        f"init_from: no checkpoint in {directory} can be read: {'; '.join(failures)}")
 
 
 def _read_export(path: str):
