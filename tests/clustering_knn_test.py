@@ -1,6 +1,5 @@
 """Tests of the nearest-neighbour backends."""
 
-import importlib.util
 import sys
 
 import numpy as np
@@ -162,16 +161,12 @@ def test_checked_neighbours_widens_or_falls_back():
     assert (unmeasured.action, unmeasured.recall, unmeasured.seconds_recall) == ("none", 1.0, 0.0)
 
 
-def test_backend_choice_and_errors(monkeypatch):
+def test_backend_choice_and_errors():
     assert knn.resolve_backend(1000, 64) == "exact"
     assert knn.resolve_backend(100_000, 256) == "ivf"
     assert knn.resolve_backend(262_144, 256) == "ivf"  # 4,096 cells of 64 points.
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())  # faiss "present"
-    assert knn.resolve_backend(262_145, 256) == "faiss_hnsw"
-    assert knn.resolve_backend(262_144, 256) == "ivf"
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # faiss absent
-    assert knn.resolve_backend(1_000_000, 256) == "ivf"
-    monkeypatch.undo()
+    assert knn.resolve_backend(262_145, 256) == "pynndescent"
+    assert knn.resolve_backend(4_180_000, 256) == "pynndescent"
     assert knn.resolve_backend(10, 4, "approx") == "pynndescent"
     with pytest.raises(ValueError, match="backend"):
         knn.resolve_backend(10, 4, "annoy")

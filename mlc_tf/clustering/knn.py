@@ -1,6 +1,5 @@
 """Nearest neighbours for the Jaccard distance (exact, ivf, pynndescent, faiss), with recall."""
 
-import importlib.util
 import sys
 import time
 from typing import NamedTuple
@@ -74,7 +73,8 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
     16 probed per query) need the optional faiss package. 'auto' picks exact when TensorFlow is
     already imported and sees a GPU or when N*N*d <= 1.5e12; else ivf up to 4,096 cells of 64
     points (262,144 points), beyond which ivf's cells grow and its recall collapses, so
-    faiss_hnsw there when faiss is installed. It never imports TensorFlow or faiss just to look.
+    pynndescent there (measured at 10^6 x 256: recall@21 0.997 in 375 s, against 0.930 in
+    about 15 CPU-minutes for faiss_hnsw). It never imports TensorFlow just to look.
     """
     if backend == "approx":
         backend = "pynndescent"
@@ -87,8 +87,8 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
         return "exact"
     if float(num_points) ** 2 * dim <= _EXACT_BUDGET_FLOPS:
         return "exact"
-    if num_points > _MAX_CELLS * _CELL_SIZE and importlib.util.find_spec("faiss") is not None:
-        return "faiss_hnsw"
+    if num_points > _MAX_CELLS * _CELL_SIZE:
+        return "pynndescent"
     return "ivf"
 
 
