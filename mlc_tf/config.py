@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -400,10 +401,63 @@ def from_flagfile(path: str, *extra_flags: str) -> Config:
     flag_values = flags.FlagValues()
     define_flags(flag_values)
     try:
-        flag_values(["from_flagfile", f"--flagfile={path}", *extra_flags])
+        flag_values(expand_flagfiles(["from_flagfile", f"--flagfile={path}", *extra_flags]))
     except flags.Error as err:
         raise ValueError(f"{path}: {err}") from err
     return from_flag_values(flag_values)
+
+
+# Flags whose value names a file: in a flagfile a relative one is read from that flagfile's
+# folder when it is there, else from the working directory (absl reads only the latter).
+_FILE_FLAGS = ("flagfile", "init_from_flagfile")
+
+
+def expand_flagfiles(argv: list[str]) -> list[str]:
+    """argv with every --flagfile=PATH replaced, in place, by the flags it holds (recursively).
+
+    The same flags as absl's own reading, except that a relative path inside a flagfile (a
+    nested --flagfile, an --init_from_flagfile) is found beside that flagfile first, so the
+    configs work from any folder. Paths on the command line are read from the working folder.
+
+    Raises:
+        ValueError: a flagfile that cannot be read or that includes itself.
+    """
+    expanded, rest = list(argv[:1]), iter(argv[1:])
+    for arg in rest:
+        if arg == "--":  # absl parses nothing after it
+            return [*expanded, arg, *rest]
+        name, has_value, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and name == "flagfile":
+            expanded += _flagfile_lines(os.path.expanduser(value if has_value else next(rest, "")))
+        else:
+            expanded.append(arg)
+    return expanded
+
+
+def _flagfile_lines(path: str, including: tuple[str, ...] = ()) -> list[str]:
+    """The flag lines of one flagfile, nested flagfiles expanded, comments and blanks dropped."""
+    real = os.path.realpath(path)
+    if real in including:
+        raise ValueError(f"flagfile {path} includes itself")
+    try:
+        with open(path) as handle:
+            lines = [line.strip() for line in handle]
+    except OSError as err:
+        raise ValueError(f"cannot read flagfile {path!r}: {err.strerror}") from err
+    flag_lines = []
+    for line in lines:
+        if not line or line.startswith(("#", "//")):
+            continue
+        name, has_value, value = line.lstrip("-").partition("=")
+        if line.startswith("-") and value and name in _FILE_FLAGS:
+            beside = os.path.join(os.path.dirname(path), os.path.expanduser(value))
+            value = beside if os.path.exists(beside) else os.path.expanduser(value)
+            if name == "flagfile":
+                flag_lines += _flagfile_lines(value, (*including, real))
+                continue
+            line = f"--{name}={value}"
+        flag_lines.append(line)
+    return flag_lines
 
 
 def with_default_flagfile(argv, flagfile: str) -> list[str]:

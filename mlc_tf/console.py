@@ -20,6 +20,8 @@ from typing import TextIO
 
 from absl import app, flags, logging
 
+from mlc_tf import config
+
 TF_LOG_CHOICES = ("quiet", "all")
 # The file keras.applications.ResNet50(weights="imagenet") fetches (model.IMAGENET_WEIGHTS_FILE).
 IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -360,9 +362,11 @@ def run(main: Callable[[list[str]], object], *, program: str,
 
     def parse(args: list[str]) -> list[str]:
         try:
-            return flag_values(args)
+            return flag_values(config.expand_flagfiles(args))
         except flags.Error as err:
             _fail(program, f"{err} (--helpfull lists the flags)")
+        except ValueError as err:  # a flagfile that cannot be read
+            _fail(program, str(err))
 
     def guarded_main(args: list[str]) -> object:
         try:

@@ -35,9 +35,9 @@ def _parse(*argv: str) -> config_lib.Config:
     flags.DEFINE_string("workdir", None, "as bin/train", flag_values=flag_values)
     flags.DEFINE_integer("stop_after_epoch", None, "as bin/train", flag_values=flag_values)
     cwd = os.getcwd()
-    os.chdir(REPO)  # nested --flagfile paths resolve against the working directory
+    os.chdir(REPO)  # the --flagfile paths given here are relative to the repository
     try:
-        flag_values(["train", *argv])
+        flag_values(config_lib.expand_flagfiles(["train", *argv]))
     finally:
         os.chdir(cwd)
     return config_lib.from_flag_values(flag_values)
@@ -146,6 +146,45 @@ def test_flags_override_flagfiles_in_order():
                     "--image_size=128,64")
     assert config.data.dataset == "dukemtmc" and config.train.epochs == 3
     assert not config.model.multiscale and config.data.image_size == (128, 64)
+
+
+def test_nested_flagfile_paths_are_read_beside_their_flagfile(tmp_path, monkeypatch):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "base.cfg").write_text("# shared\n--epochs=7\n--seed=3\n")
+    (tmp_path / "cfg" / "source.cfg").write_text("--epochs=2\n")
+    (tmp_path / "cfg" / "run.cfg").write_text(
+        "--flagfile=base.cfg\n\n// absl's other comment\n--seed=4\n"
+        "--init_from_flagfile=source.cfg\n--init_from=runs/source\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "cwd.cfg").write_text("--epochs=9\n")
+    (tmp_path / "cfg" / "fallback.cfg").write_text("--flagfile=elsewhere/cwd.cfg\n")
+    monkeypatch.chdir(tmp_path)
+    run = str(tmp_path / "cfg" / "run.cfg")
+    # In place and in order: later flags win, the nested file's flags come where it was named.
+    assert config_lib.expand_flagfiles(["train", "--epochs=1", f"--flagfile={run}", "--k1=5"]) == [
+        "train", "--epochs=1", "--epochs=7", "--seed=3", "--seed=4",
+        f"--init_from_flagfile={tmp_path / 'cfg' / 'source.cfg'}", "--init_from=runs/source",
+        "--k1=5"]
+    assert config_lib.expand_flagfiles(["train", "--flagfile", "cfg/run.cfg"])[1:3] == [
+        "--epochs=7", "--seed=3"]
+    # Not beside the flagfile: read from the working folder, as absl does.
+    assert config_lib.expand_flagfiles(["t", "--flagfile=cfg/fallback.cfg"]) == ["t", "--epochs=9"]
+    assert config_lib.expand_flagfiles(["t", "--", "--flagfile=x"]) == ["t", "--", "--flagfile=x"]
+    with pytest.raises(ValueError, match="cannot read flagfile 'cfg/none.cfg'"):
+        config_lib.expand_flagfiles(["t", "--flagfile=cfg/none.cfg"])
+    (tmp_path / "cfg" / "loop.cfg").write_text("--flagfile=loop2.cfg\n")
+    (tmp_path / "cfg" / "loop2.cfg").write_text("--flagfile=loop.cfg\n")
+    with pytest.raises(ValueError, match="includes itself"):
+        config_lib.expand_flagfiles(["t", "--flagfile=cfg/loop.cfg"])
+
+
+def test_repository_configs_work_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    duke = config_lib.from_flagfile(os.path.join(REPO, "configs", "duke.cfg"))
+    assert duke == config_lib.from_flat(
+        {**PAPER_SETTINGS, "dataset": "dukemtmc", "lambda_mmcl": 0.3})
+    demo = config_lib.from_flagfile(os.path.join(REPO, "configs", "synthetic.cfg"))
+    assert demo.model.init_from_flagfile == os.path.join(REPO, "configs", "synthetic_source.cfg")
 
 
 def test_demo_flagfile_comes_first_unless_a_flagfile_or_dataset_is_named():

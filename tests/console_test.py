@@ -189,10 +189,10 @@ def test_expected_errors_keep_the_message_and_the_cause():
 
 # ----------------------------------------------------------------------------- the binaries
 
-def _bin(name: str, *args) -> subprocess.CompletedProcess:
+def _bin(name: str, *args, cwd: str = REPO) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "TF_CPP_MIN_LOG_LEVEL"}
     return subprocess.run([sys.executable, os.path.join(REPO, "bin", name), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
 def _one_error_line(result: subprocess.CompletedProcess, program: str) -> str:
@@ -211,6 +211,7 @@ def _one_error_line(result: subprocess.CompletedProcess, program: str) -> str:
      "folder: no training images .*Expected layout", True),
     (["--dataset=dukemtmc", "--flagfile=configs/duke.cfg", "--data_dir={tmp}",
       "--pretrained={tmp}/resnet50.h5"], "--pretrained=.*resnet50.h5: no readable file", False),
+    (["--flagfile={tmp}/absent.cfg"], "cannot read flagfile '.*absent.cfg': No such file", False),
     (["--nosuchflag"], "Unknown command line flag 'nosuchflag'", False),
     (["--tf_log=loud"], "--tf_log=loud: value should be one of <quiet|all>", False),
     (["surplus"], r"unexpected arguments: \['surplus'\]", False),
@@ -221,6 +222,14 @@ def test_bin_train_expected_failures_are_one_line(tmp_path, args, message, in_ru
     assert re.search(message, _one_error_line(result, "bin/train"), re.S), result.stderr
     # Checked before train.run, which writes the resolved config first.
     assert (tmp_path / "run" / "config.json").exists() == in_run
+
+
+def test_bin_train_reads_the_configs_from_any_folder(tmp_path):
+    # configs/duke.cfg names base.cfg beside it; parsed, the run stops at the missing weights.
+    result = _bin("train", f"--flagfile={REPO}/configs/duke.cfg", f"--data_dir={tmp_path}",
+                  f"--pretrained={tmp_path}/resnet50.h5", "--workdir=run", cwd=tmp_path)
+    assert re.search("--pretrained=.*resnet50.h5: no readable file",
+                     _one_error_line(result, "bin/train")), result.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
