@@ -470,9 +470,9 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None, skip: in
                    decoded=None) -> tf.data.Dataset:
     """The batches of one epoch (_epoch_steps of them): all images, or PK batches over labels.
 
-    The first `skip` batches are left out (a resumed epoch): the batches, their augmentation
-    included, are a function of (seed, epoch, position) only, so the rest are unchanged;
-    _epoch_steps counts them. With shard (worker i, workers n), each batch is the i-th
+    The first `skip` batches are left out, their images unread (a resumed epoch): the
+    batches, their augmentation included, are a function of (seed, epoch, position) only, so
+    the rest are unchanged; _epoch_steps counts them. With shard (worker i, workers n), each batch is the i-th
     of n consecutive parts of the global batch (pipeline's shard). decoded: the run's decode
     cache, or None.
     """
@@ -483,7 +483,7 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None, skip: in
     common = dict(image_size=tuple(data_cfg.image_size), batch_size=data_cfg.batch_size,
                   seed=config.train.seed, epoch=epoch, augment=config.augment,
                   camstyle=data.camstyle if data_cfg.camstyle else None, decoded=decoded,
-                  augment_on=data_cfg.augment_on, shard=shard)
+                  augment_on=data_cfg.augment_on, shard=shard, skip_batches=skip)
     if labels is None:
         batches = pipeline.make_train_dataset(paths, camids, indices, **common)
     else:
@@ -491,8 +491,8 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None, skip: in
                                            num_instances=data_cfg.num_instances,
                                            camera_aware=data_cfg.camera_aware_sampler, **common)
     if config.train.steps_per_epoch:
-        batches = batches.take(config.train.steps_per_epoch)
-    return batches.skip(skip)
+        batches = batches.take(config.train.steps_per_epoch - skip)
+    return batches
 
 
 def _train_epoch(learner, batches, steps: int, alpha: float, targets: str, *, joint: bool,

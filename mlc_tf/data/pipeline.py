@@ -109,13 +109,15 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
                        labels: np.ndarray | None, *, image_size: tuple[int, int],
                        batch_size: int, seed: int, epoch: int, augment: AugmentConfig,
                        decoded: decode_cache.DecodedImages | None,
-                       augment_on: str, shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+                       augment_on: str, shard: tuple[int, int] = (0, 1),
+                       skip_batches: int = 0) -> tf.data.Dataset:
     """Decodes (or looks up) and augments samples already in epoch order; the position seeds
     each image. With augment_on='device' the batch holds the decoded images and the
     augmentation's draws from their seeds.
 
     With shard (i, n) only the i-th of n consecutive equal parts of every batch is decoded
-    and yielded (a worker's part of the global batch).
+    and yielded (a worker's part of the global batch). The first skip_batches batches are
+    left out before anything is read.
     """
     if augment_on not in AUGMENT_ON:
         raise ValueError(f"augment_on={augment_on!r}; expected one of {AUGMENT_ON}")
@@ -140,7 +142,9 @@ def _augmented_batches(paths: list[str], camids: np.ndarray, indices: np.ndarray
     if not 0 <= shard[0] < shard[1] or batch_size % shard[1]:
         raise ValueError(f"shard {tuple(shard)} must be (i, n) with 0 <= i < n and n dividing "
                          f"the batch size {batch_size}")
-    samples = tf.data.Dataset.from_tensor_slices(columns)
+    if skip_batches < 0:
+        raise ValueError(f"skip_batches must be >= 0, got {skip_batches}")
+    samples = tf.data.Dataset.from_tensor_slices(columns).skip(skip_batches * batch_size)
     if shard[1] > 1:
         part = batch_size // shard[1]
         samples = samples.filter(lambda sample: sample["position"] % batch_size // part
@@ -236,7 +240,8 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
                        camstyle: Sequence[Sequence[str]] | None = None,
                        decoded: decode_cache.DecodedImages | None = None,
                        augment_on: str = "input",
-                       shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+                       shard: tuple[int, int] = (0, 1),
+                       skip_batches: int = 0) -> tf.data.Dataset:
     """One epoch over all samples, each at most once, in an order fixed by (seed, epoch).
 
     The final partial batch is dropped (static batch shape for MirroredStrategy), so
@@ -259,6 +264,8 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
         augment_on: 'input' (augment here) or 'device' (device_augmentation, in the step).
         shard: (worker index i, workers n): yield only the i-th of n consecutive equal parts
             of every batch (batch_size / n samples), decoding nothing else.
+        skip_batches: leave out the epoch's first batches, reading none of their images (a
+            resumed epoch); the rest are unchanged.
 
     Returns:
         Dataset of {'image': float32 (B, H, W, 3), 'index': int32 (B,), 'camid': int32 (B,)};
@@ -281,7 +288,7 @@ def make_train_dataset(paths: Sequence[str], camids: Sequence[int], indices: Seq
                               indices[order], None,
                               image_size=image_size, batch_size=batch_size, seed=seed,
                               epoch=epoch, augment=augment, decoded=decoded,
-                              augment_on=augment_on, shard=shard)
+                              augment_on=augment_on, shard=shard, skip_batches=skip_batches)
 
 
 def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequence[int],
@@ -291,7 +298,8 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
                     camstyle: Sequence[Sequence[str]] | None = None,
                     decoded: decode_cache.DecodedImages | None = None,
                     augment_on: str = "input",
-                    shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
+                    shard: tuple[int, int] = (0, 1),
+                    skip_batches: int = 0) -> tf.data.Dataset:
     """One epoch of PK batches over the samples with a pseudo label >= 0 (see sampler.pk_batches).
 
     Every batch is P = batch_size / K clusters x K samples, so every sample has a same-label
@@ -307,7 +315,7 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
         image_size, seed, epoch, augment: as make_train_dataset.
         camera_aware: mix cameras within each cluster's group of a batch.
         camstyle: as make_train_dataset; a view keeps its sample's pseudo label.
-        decoded, augment_on, shard: as make_train_dataset.
+        decoded, augment_on, shard, skip_batches: as make_train_dataset.
 
     Returns:
         Dataset of the make_train_dataset dict plus 'label': int32 (B,) pseudo label.
@@ -327,5 +335,5 @@ def make_pk_dataset(paths: Sequence[str], camids: Sequence[int], indices: Sequen
                               indices[order], labels[order],
                               image_size=image_size, batch_size=batch_size, seed=seed,
                               epoch=epoch, augment=augment, decoded=decoded,
-                              augment_on=augment_on, shard=shard)
+                              augment_on=augment_on, shard=shard, skip_batches=skip_batches)
 
