@@ -295,7 +295,8 @@ def _run(config: config_lib.Config, workdir: str, stop: checkpointing.StopReques
                                     labelled.labels, known_pids,
                                     seed=train_cfg.seed + epoch, writer=writer)
         joint = plan.self_paced and clusters.num_classes > 0
-        if plan.targets == "mplp":
+        # A mid-epoch checkpoint holds the graph as the epoch's steps left it.
+        if plan.targets == "mplp" and not (trained and learner.has_mplp_graph()):
             learner.refresh_mplp_graph(seed=train_cfg.seed + epoch)
             _share_chief_graph(collectives, learner)
         labels = clusters.labels.numpy() if joint else None

@@ -159,12 +159,22 @@ class Learner:
         if self.memory is not None and self.memory.neighbours is not None:
             self.memory.refresh_neighbours(seed=seed)
 
+    def has_mplp_graph(self) -> bool:
+        """Whether the memory's kNN graph lists every slot first (computed or restored, not
+        the zeros of a new bank); True without a graph."""
+        if self.memory is None or self.memory.neighbours is None:
+            return True
+        first = self.memory.neighbours[:, 0].numpy()
+        return bool((first == np.arange(len(first))).all())
+
     def checkpoint_objects(self) -> dict:
         """{name: trackable} of everything the step trains or keeps, for checkpoints."""
         objects = {"model": self.model, "backbone_optimizer": self.backbone_optimizer,
                    "head_optimizer": self.head_optimizer}
         if self.memory is not None:
             objects["memory"] = self.memory.variable
+            if self.memory.neighbours is not None:
+                objects["memory_neighbours"] = self.memory.neighbours
         if self.classifier is not None:
             objects.update(classifier=self.classifier,
                            classifier_optimizer=self.classifier_optimizer)

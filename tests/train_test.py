@@ -104,7 +104,10 @@ def _smoke_config(data_dir: str):
     from mlc_tf import config as config_lib
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)
-    flag_values(["smoke", f"--flagfile={SMOKE_CFG}", f"--data_dir={data_dir}", "--eval_every=0"])
+    # MPLP's cycle check on the kNN graph of the bank, with a threshold low enough to give
+    # positives: the interrupted runs resume inside an MPLP epoch, whose graph they need.
+    flag_values(["smoke", f"--flagfile={SMOKE_CFG}", f"--data_dir={data_dir}", "--eval_every=0",
+                 "--mplp_graph_k=12", "--mplp_threshold=0.3"])
     return config_lib.from_flag_values(flag_values)
 
 
