@@ -68,13 +68,14 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
     random projection, every point filed in its 4 nearest cells, exact full-dimension distances
     between each point and the members of its nearest cell; no numba start-up cost and far fewer
     products than all pairs. 'pynndescent' builds an NN-descent graph (on a 128-d random
-    projection when d > 256) on all cores and re-scores k + 10 candidates in the full dimension.
+    projection when d > 256) on all cores and re-scores k + 10 candidates (2k + 10 on the
+    projection) in the full dimension.
     'faiss_hnsw' (HNSW-flat, 32 links, search list 3k) and 'faiss_ivf' (IVF-flat, N/64 cells,
     16 probed per query) need the optional faiss package. 'auto' picks exact when TensorFlow is
     already imported and sees a GPU or when N*N*d <= 1.5e12; else ivf up to 4,096 cells of 64
     points (262,144 points), beyond which ivf's cells grow and its recall collapses, so
-    pynndescent there (measured at 10^6 x 256 on 2 cores: recall@21 0.988 in 126 s, against
-    0.930 in about 15 CPU-minutes for faiss_hnsw). It never imports TensorFlow just to look.
+    pynndescent there (measured at 10^6 x 256 on 2 cores: recall@21 0.982 in 178 s, against
+    0.930 in about 15 CPU-minutes for faiss_hnsw; 0.962 in 989 s at 4.18 x 10^6). It never imports TensorFlow just to look.
     """
     if backend == "approx":
         backend = "pynndescent"
@@ -388,18 +389,22 @@ def _faiss(x: np.ndarray, k: int, seed: int, width: int,
 
 
 def _nn_descent(x: np.ndarray, k: int, seed: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """pynndescent graph on the projection, width * (k + 10) candidates re-scored in full
-    dimension."""
+    """pynndescent graph (on the projection when d > 256), width * (k + 10) candidates
+    re-scored in full dimension, width * (2k + 10) when projected."""
     import pynndescent  # Imported here: numba compilation costs 25-50 s per new process.
 
     n = x.shape[0]
-    num_candidates = min(n, width * (k + 10))
+    points = _project(x, seed)
     # A wider graph than k (n_neighbors) is what buys recall on clustered data; trees and
-    # iterations stay at pynndescent's defaults. At 10^6 x 256, k = 21 on 2 cores: 2k + 10
-    # candidates gave recall 0.996 in 217 s, k + 10 0.988 in 126 s; one thread took twice as
-    # long. Its graph repeats for a given seed and number of threads (not across counts).
+    # iterations stay at pynndescent's defaults. The graph alone at 10^6 x 256, k = 21 on 2
+    # cores: 2k + 10 candidates gave recall 0.996 in 217 s, k + 11 0.988 in 126 s; one thread
+    # took twice as long. It repeats for a given seed and number of threads (not across counts).
+    # A graph of the projection misplaces more: at 16,522 x 2,048, k + 10 candidates gave
+    # recall 0.964, 2k + 10 0.993.
+    spare = k + 10 if points is not x else 10
+    num_candidates = min(n, width * (k + spare))
     index = pynndescent.NNDescent(
-        _project(x, seed), n_neighbors=max(num_candidates, 30), metric="euclidean",
+        points, n_neighbors=max(num_candidates, 30), metric="euclidean",
         random_state=seed, max_candidates=60, low_memory=True, n_jobs=-1, verbose=False)
     candidates = np.array(index.neighbor_graph[0][:, :num_candidates], np.int64)
     del index
