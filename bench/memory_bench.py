@@ -15,7 +15,9 @@ Each case runs in its own process, so its peak resident memory (ru_maxrss) is it
 With --mplp_agreement=WORKDIR it instead compares graph MPLP with exact MPLP on the memory banks
 of a run's epoch checkpoints (keep them all: --keep_checkpoints), every slot an anchor: with a
 fresh graph (of the same bank), and with the graph of the epoch before, as stale as it gets at
-the end of an epoch, since the graph is refreshed at each epoch's start.
+the end of an epoch without the per-write refresh. For a run trained with --mplp_graph_k the
+checkpoints also hold the graph as training left it (refreshed at the epoch's start and for
+every slot written since): the 'live' column.
 
   python bench/memory_bench.py --mplp_agreement=runs/h5_demo
 """
@@ -155,8 +157,12 @@ def _mplp_agreement(workdir: str) -> None:
     directory = os.path.join(workdir, "checkpoints")
     state = tf.train.get_checkpoint_state(directory)
     paths = sorted(state.all_model_checkpoint_paths, key=lambda p: int(p.rsplit("-", 1)[1]))
-    banks = {int(p.rsplit("-", 1)[1]): tf.train.load_checkpoint(p).get_tensor(
-        "memory/.ATTRIBUTES/VARIABLE_VALUE").astype(np.float32) for p in paths}
+    readers = {int(p.rsplit("-", 1)[1]): tf.train.load_checkpoint(p) for p in paths}
+    banks = {epoch: reader.get_tensor("memory/.ATTRIBUTES/VARIABLE_VALUE").astype(np.float32)
+             for epoch, reader in readers.items()}
+    live_name = "memory_neighbours/.ATTRIBUTES/VARIABLE_VALUE"
+    live = {epoch: reader.get_tensor(live_name) for epoch, reader in readers.items()
+            if reader.has_tensor(live_name)}
 
     def targets(bank, graph):
         memory = tf.constant(bank)
@@ -170,19 +176,22 @@ def _mplp_agreement(workdir: str) -> None:
 
     print(f"{workdir}: every slot an anchor; % of anchors whose positive set differs from "
           "exact MPLP's; mean positives")
+    live_header = f" {'k=' + str(options.mplp_graph_k) + ' live':>15}" if live else ""
     print(f"{'epoch':>5} {'exact':>6} " + " ".join(
-        f"{'k=' + k + ' fresh':>15} {'k=' + k + ' stale':>15}" for k in FLAGS.agreement_k))
+        f"{'k=' + k + ' fresh':>15} {'k=' + k + ' stale':>15}" for k in FLAGS.agreement_k)
+        + live_header)
     epochs = sorted(banks)
     for before, epoch in zip(epochs, epochs[1:]):
         if epoch <= options.warmup_epochs:
             continue  # no MPLP in that epoch
         exact = targets(banks[epoch], None)
+        graphs = [knn.neighbours(source, k, "exact").indices
+                  for k in map(int, FLAGS.agreement_k) for source in (banks[epoch], banks[before])]
         cells = []
-        for k in map(int, FLAGS.agreement_k):
-            for source in (banks[epoch], banks[before]):
-                graph = targets(banks[epoch], knn.neighbours(source, k, "exact").indices)
-                differs = np.any(graph != exact, axis=1).mean()
-                cells.append(f"{differs:>6.1%} {graph.sum(axis=1).mean():>8.2f}")
+        for graph in graphs + ([live[epoch]] if epoch in live else []):
+            found = targets(banks[epoch], graph)
+            differs = np.any(found != exact, axis=1).mean()
+            cells.append(f"{differs:>6.1%} {found.sum(axis=1).mean():>8.2f}")
         print(f"{epoch:>5} {exact.sum(axis=1).mean():>6.2f} " + " ".join(
             f"{cell:>15}" for cell in cells), flush=True)
 
