@@ -473,9 +473,9 @@ def _epoch_dataset(config, data, epoch: int, labels: np.ndarray | None, skip: in
 
     The first `skip` batches are left out, their images unread (a resumed epoch): the
     batches, their augmentation included, are a function of (seed, epoch, position) only, so
-    the rest are unchanged; _epoch_steps counts them. With shard (worker i, workers n), each batch is the i-th
-    of n consecutive parts of the global batch (pipeline's shard). decoded: the run's decode
-    cache, or None.
+    the rest are unchanged; _epoch_steps counts them. With shard (worker i, workers n), each
+    batch is the i-th of n consecutive parts of the global batch (pipeline's shard). decoded:
+    the run's decode cache, or None.
     """
     data_cfg = config.data
     paths = [s.path for s in data.train]

@@ -75,7 +75,8 @@ def resolve_backend(num_points: int, dim: int, backend: str = "auto") -> str:
     already imported and sees a GPU or when N*N*d <= 1.5e12; else ivf up to 4,096 cells of 64
     points (262,144 points), beyond which ivf's cells grow and its recall collapses, so
     pynndescent there (measured at 10^6 x 256 on 2 cores: recall@21 0.982 in 178 s, against
-    0.930 in about 15 CPU-minutes for faiss_hnsw; 0.962 in 989 s at 4.18 x 10^6). It never imports TensorFlow just to look.
+    0.930 in about 15 CPU-minutes for faiss_hnsw; 0.962 in 989 s at 4.18 x 10^6). It never
+    imports TensorFlow just to look.
     """
     if backend == "approx":
         backend = "pynndescent"
