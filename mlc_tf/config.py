@@ -450,8 +450,9 @@ def _flagfile_lines(path: str, including: tuple[str, ...] = ()) -> list[str]:
             continue
         name, has_value, value = line.lstrip("-").partition("=")
         if line.startswith("-") and value and name in _FILE_FLAGS:
-            beside = os.path.join(os.path.dirname(path), os.path.expanduser(value))
-            value = beside if os.path.exists(beside) else os.path.expanduser(value)
+            value = os.path.expanduser(value)
+            beside = os.path.join(os.path.dirname(path), value)
+            value = beside if os.path.exists(beside) else value
             if name == "flagfile":
                 flag_lines += _flagfile_lines(value, (*including, real))
                 continue

@@ -160,12 +160,11 @@ class Learner:
             self.memory.refresh_neighbours(seed=seed)
 
     def has_mplp_graph(self) -> bool:
-        """Whether the memory's kNN graph lists every slot first (computed or restored, not
-        the zeros of a new bank); True without a graph."""
+        """Whether the memory's kNN graph was computed or restored, not the zeros of a new bank
+        (a graph of two or more slots lists some slot > 0); True without a graph."""
         if self.memory is None or self.memory.neighbours is None:
             return True
-        first = self.memory.neighbours[:, 0].numpy()
-        return bool((first == np.arange(len(first))).all())
+        return bool(tf.reduce_any(tf.not_equal(self.memory.neighbours, 0)))
 
     def checkpoint_objects(self) -> dict:
         """{name: trackable} of everything the step trains or keeps, for checkpoints."""
